@@ -1,0 +1,327 @@
+"""The trainer: a `keras.Model` that wraps any classifier and whose `train_step` is IEG's Algorithm 1.
+
+One step (SPEC 1.1-1.8), per replica:
+  1. views: z = f(x) on the weak view (the only pass that updates BatchNorm statistics), z_hat on the strong view;
+  2. label guessing: g = Sharpen(mean_k softmax(logit_norm(z_k)));
+  3. meta step: look-ahead theta', probe loss, d/d(omega, lambda) -> omega*, lambda*;
+  4. split (optional, the paper's threshold T): MixUp targets keep the given label where omega* >= T / B;
+  5. losses: re-weighted + re-labeled CE, MixUp with probe data, KL consistency, L2;
+  6. update: TF1 momentum, then the ramped EMA and the per-example accumulators.
+Methods `l2r` and `supervised` share the same inputs, optimizer, EMA and evaluation.
+"""
+
+import keras
+import tensorflow as tf
+
+from ieg_tf import losses, meta, mixup
+from ieg_tf.config import TrainerConfig
+from ieg_tf.example_stats import ExampleStats
+from ieg_tf.optim import ema_decay
+
+TRAIN_KEYS = ("weak", "label", "id", "probe_image", "probe_label")
+TRAIN_METRICS = {
+    "ieg": ("loss", "sup_loss", "mix_probe_loss", "mix_unl_loss", "kl_loss", "l2_loss", "probe_loss",
+            "probe_acc", "omega_zero_frac", "omega_max", "relabel_frac", "guess_acc", "omega_clean",
+            "omega_noisy", "noisy_frac", "train_acc"),
+    "l2r": ("loss", "l2_loss", "probe_loss", "probe_acc", "omega_zero_frac", "omega_max", "omega_clean",
+            "omega_noisy", "train_acc"),
+    "supervised": ("loss", "l2_loss", "train_acc"),
+}
+
+
+class IEGTrainer(keras.Model):
+    """Trains `network` on noisy labels with a small trusted probe set.
+
+    Args:
+      network: a built Keras classifier mapping images to logits (float32 logits under mixed precision).
+      num_classes: C.
+      config: TrainerConfig; its `method` selects ieg, l2r or supervised.
+      num_train_examples: N; when given, per-example omega*, lambda* and guesses are summed by example id in
+        `example_stats` (the label-issue report reads them).
+
+    Each element of the training dataset is a dict with `weak` [B,H,W,C], `strong` (ieg only), `label` int [B],
+    `id` int [B] in [0, N), `true_label` int [B] (-1 = unknown; monitoring only), `probe_image` [Bp,H,W,C],
+    `probe_label` int [Bp] (see `ieg_tf.pipeline.train_dataset`). Evaluation data are (image, label) pairs; they
+    are scored with the EMA weights.
+    """
+
+    def __init__(self, network, num_classes, config=TrainerConfig(), num_train_examples=None, **kwargs):
+        super().__init__(**kwargs)
+        if not network.built:
+            raise ValueError("the network is not built: give it a keras.Input or call it once on a batch first")
+        self.network = network
+        self.num_classes = int(num_classes)
+        self.config = config
+        self.ema_weights = []
+        for i, variable in enumerate(network.trainable_variables):
+            # Every replica holds the same post-update value, so the first replica's write is the right one.
+            shadow = self.add_weight(shape=variable.shape, dtype=variable.dtype, initializer="zeros",
+                                     trainable=False, aggregation="only_first_replica", name=f"ema_{i}")
+            shadow.assign(variable)
+            self.ema_weights.append(shadow)
+        self.example_stats = (ExampleStats(num_train_examples, num_classes, name="example_stats")
+                              if num_train_examples else None)
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in TRAIN_METRICS[config.method]}
+        self.eval_loss = keras.metrics.Mean(name="eval_loss")
+        self.eval_accuracy = keras.metrics.Mean(name="eval_accuracy")
+
+    @property
+    def metrics(self):
+        return [*self.trackers.values(), self.eval_loss, self.eval_accuracy]
+
+    @property
+    def decayed_variables(self):
+        """The variables R(theta) covers: all trainables, or conv/dense kernels only (ResNet-29)."""
+        variables = self.network.trainable_variables
+        if self.config.decay_kernels_only:
+            variables = [v for v in variables if v.path.endswith("kernel")]
+        return variables
+
+    def call(self, inputs, training=False):
+        return self.network(inputs, training=training)
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, data):
+        missing = [k for k in TRAIN_KEYS + (("strong",) if self.config.method == "ieg" else ()) if k not in data]
+        if missing:
+            raise ValueError(f"training batches must be dicts with keys {TRAIN_KEYS + ('strong',)}; missing "
+                             f"{missing}. Build them with ieg_tf.pipeline.train_dataset.")
+        seed = self.step_seed()
+        grads, logs, per_example = self.compute_gradients(data, seed)
+        self.optimizer.apply(grads, self.network.trainable_variables)
+        self.update_ema()
+        if self.example_stats is not None and per_example is not None:
+            self.example_stats.update(data["id"], *per_example)
+        for name, value in logs.items():
+            self.trackers[name].update_state(value[0], sample_weight=value[1])
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def step_seed(self):
+        """Stateless seed of this step and replica: (config seed, optimizer step, replica id), so resume is exact."""
+        replica = tf.distribute.get_replica_context()
+        replica_id = replica.replica_id_in_sync_group if replica is not None else 0
+        seed = tf.constant([self.config.seed, 0], tf.int32)
+        seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(self.optimizer.iterations, tf.int32))
+        return tf.random.experimental.stateless_fold_in(seed, tf.cast(replica_id, tf.int32))
+
+    def compute_gradients(self, data, seed):
+        """One replica's gradients of L_total / num_replicas, the logs, and (omega*, lambda*, g) or None.
+
+        Logs map a tracker name to (value, weight) so means over examples with unknown true labels stay exact.
+        """
+        step = {"ieg": self._ieg_step, "l2r": self._l2r_step, "supervised": self._supervised_step}
+        return step[self.config.method](data, seed)
+
+    def _inputs(self, data):
+        x = tf.convert_to_tensor(data["weak"])
+        y = tf.one_hot(tf.cast(data["label"], tf.int32), self.num_classes)
+        true = tf.cast(data.get("true_label", -tf.ones_like(data["label"])), tf.int32)
+        return x, y, true
+
+    def _scale(self, loss):
+        # Hand-written losses: the strategy sums replica gradients, so each replica contributes 1/n of its mean.
+        return loss / tf.distribute.get_strategy().num_replicas_in_sync
+
+    def _ieg_step(self, data, seed):
+        cfg, net = self.config, self.network
+        x, y, true = self._inputs(data)
+        xs = tf.convert_to_tensor(data["strong"])
+        xp = tf.convert_to_tensor(data["probe_image"])
+        yp = tf.one_hot(tf.cast(data["probe_label"], tf.int32), self.num_classes)
+        batch = tf.shape(x)[0]
+        omega0 = tf.ones([batch]) / tf.cast(batch, tf.float32)
+        lambda0 = tf.fill([batch], cfg.grad_eps_init)
+        params, non_trainable = net.trainable_variables, net.non_trainable_variables
+
+        def forward():
+            # 1. Views. Only the weak-view pass runs as a real call, so only it moves BN statistics (SPEC 1.2).
+            z = tf.cast(net(x, training=True), tf.float32)
+            z_strong, _ = net.stateless_call(params, non_trainable, xs, training=True)
+            z_strong = tf.cast(z_strong, tf.float32)
+            # 2. Label guessing from the current model (K = 2 views).
+            return z, z_strong, losses.guess_label([z, z_strong], cfg.sharpen_temperature)
+
+        def look_loss(outputs, omega, lam):
+            z, _, guess = outputs
+            if cfg.meta_stop_guess_gradient:
+                guess = tf.stop_gradient(guess)
+            target = lam[:, None] * y + (1.0 - lam[:, None]) * guess
+            return (tf.reduce_sum(omega * losses.cross_entropy(target, z))
+                    + losses.l2_penalty(self.decayed_variables, cfg.weight_decay))
+
+        with tf.GradientTape() as tape:
+            # 3. Meta step: omega*, lambda* from the look-ahead's probe loss.
+            m = meta.meta_gradients(
+                network=net, forward_fn=forward, look_loss_fn=look_loss, omega0=omega0, lambda0=lambda0,
+                probe_images=xp, probe_labels_onehot=yp, accumulators=self._accumulators(),
+                step_size=cfg.meta_stepsize, momentum=cfg.meta_momentum,
+                probe_weight_decay=self._probe_weight_decay(), main_tape=tape)
+            z, z_strong, guess = m.outputs
+            guess = tf.stop_gradient(guess)
+            omega = tf.stop_gradient(losses.normalize_weights(m.grad_omega))
+            lam = tf.stop_gradient(losses.binarize_label_mix(m.grad_lambda))
+
+            # 4. Clean/noisy split by threshold T (paper); off = reference: every MixUp target is the guess.
+            if cfg.clean_threshold is None:
+                noisy = tf.ones([batch], tf.bool)
+                unlabeled_target = guess
+            else:
+                noisy = omega * tf.cast(batch, tf.float32) < cfg.clean_threshold
+                unlabeled_target = tf.where(noisy[:, None], guess, y)
+
+            # 5a. Supervised terms: meta-relabeled targets, and omega* on the lambda0 mixture (halved, SPEC 1.7).
+            loss_lambda = losses.mean_cross_entropy(lam[:, None] * y + (1.0 - lam[:, None]) * guess, z)
+            mixed0 = cfg.grad_eps_init * y + (1.0 - cfg.grad_eps_init) * guess
+            loss_omega = tf.reduce_sum(omega * losses.cross_entropy(mixed0, z))
+            sup_loss = 0.5 * (loss_lambda + loss_omega)
+            # 5b. Joint MixUp over [probe resample; weak; strong].
+            mix_probe, mix_unl = self._mixup_losses(x, xs, xp, yp, unlabeled_target, seed)
+            # 5c. KL consistency, gradient through the strong view only.
+            kl = losses.kl_consistency(z, z_strong)
+            l2 = losses.l2_penalty(self.decayed_variables, cfg.weight_decay)
+            total = sup_loss + mix_probe + cfg.ce_factor * mix_unl + cfg.consistency_factor * kl + l2
+            scaled = self._scale(total)
+        grads = tape.gradient(scaled, params)
+
+        ones = tf.ones([])
+        logs = {
+            "loss": (total, ones), "sup_loss": (sup_loss, ones), "mix_probe_loss": (mix_probe, ones),
+            "mix_unl_loss": (mix_unl, ones), "kl_loss": (kl, ones), "l2_loss": (l2, ones),
+            "relabel_frac": (tf.reduce_mean(1.0 - lam), ones),
+            "noisy_frac": (tf.reduce_mean(tf.cast(noisy, tf.float32)), ones),
+            "guess_acc": self._accuracy_where_known(guess, true),
+            **self._meta_logs(m, omega, y, yp, true),
+            "train_acc": (_accuracy(z, y), ones),
+        }
+        return grads, logs, (omega, lam, guess)
+
+    def _mixup_losses(self, x, xs, xp, yp, unlabeled_target, seed):
+        cfg = self.config
+        if cfg.ce_factor == 0:  # the reference drops the whole term, probe part included
+            return tf.zeros([]), tf.zeros([])
+        batch = tf.shape(x)[0]
+        draw_seed, mix_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        # B probe rows drawn uniformly with replacement from the probe batch (SPEC 1.4.1).
+        idx = tf.random.stateless_uniform([batch], draw_seed, 0, tf.shape(xp)[0], dtype=tf.int32)
+        images = tf.concat([tf.gather(xp, idx), x, xs], axis=0)
+        targets = tf.concat([tf.gather(yp, idx), unlabeled_target, unlabeled_target], axis=0)
+        images, targets = mixup.mixup(images, targets, mix_seed, cfg.mixup_beta)
+        logits, _ = self.network.stateless_call(
+            self.network.trainable_variables, self.network.non_trainable_variables, images, training=True)
+        logits_l, logits_1, logits_2 = tf.split(tf.cast(logits, tf.float32), 3, axis=0)
+        targets_l, targets_u = targets[:batch], targets[batch:]
+        mix_probe = losses.mean_cross_entropy(targets_l, losses.logit_norm(logits_l))
+        unl_logits = tf.concat([losses.logit_norm(logits_1), losses.logit_norm(logits_2)], axis=0)
+        return mix_probe, losses.mean_cross_entropy(targets_u, unl_logits)
+
+    def _l2r_step(self, data, seed):
+        del seed
+        cfg, net = self.config, self.network
+        x, y, true = self._inputs(data)
+        yp = tf.one_hot(tf.cast(data["probe_label"], tf.int32), self.num_classes)
+        batch = tf.shape(x)[0]
+
+        def forward():
+            return tf.cast(net(x, training=True), tf.float32)
+
+        def look_loss(z, omega, lam):
+            del lam
+            return tf.reduce_sum(omega * losses.cross_entropy(y, z))
+
+        with tf.GradientTape() as tape:
+            # L2R: omega0 = 0, plain SGD look-ahead, no relabeling (SPEC 6).
+            m = meta.meta_gradients(
+                network=net, forward_fn=forward, look_loss_fn=look_loss, omega0=tf.zeros([batch]),
+                lambda0=tf.zeros([batch]), probe_images=tf.convert_to_tensor(data["probe_image"]),
+                probe_labels_onehot=yp, accumulators=None, step_size=cfg.meta_stepsize, momentum=0.0,
+                probe_weight_decay=self._probe_weight_decay(), main_tape=tape)
+            z = m.outputs
+            omega = tf.stop_gradient(losses.normalize_weights(m.grad_omega))
+            l2 = losses.l2_penalty(self.decayed_variables, cfg.weight_decay)
+            total = tf.reduce_sum(omega * losses.cross_entropy(y, z)) + l2
+            scaled = self._scale(total)
+        grads = tape.gradient(scaled, net.trainable_variables)
+        ones = tf.ones([])
+        logs = {"loss": (total, ones), "l2_loss": (l2, ones), **self._meta_logs(m, omega, y, yp, true),
+                "train_acc": (_accuracy(z, y), ones)}
+        return grads, logs, (omega, tf.ones_like(omega), tf.nn.softmax(z))
+
+    def _supervised_step(self, data, seed):
+        del seed
+        x, y, _ = self._inputs(data)
+        with tf.GradientTape() as tape:
+            z = tf.cast(self.network(x, training=True), tf.float32)
+            l2 = losses.l2_penalty(self.decayed_variables, self.config.weight_decay)
+            total = losses.mean_cross_entropy(y, z) + l2
+            scaled = self._scale(total)
+        grads = tape.gradient(scaled, self.network.trainable_variables)
+        ones = tf.ones([])
+        logs = {"loss": (total, ones), "l2_loss": (l2, ones), "train_acc": (_accuracy(z, y), ones)}
+        return grads, logs, None
+
+    def _meta_logs(self, m, omega, y, yp, true):
+        ones = tf.ones([])
+        scaled = omega * tf.cast(tf.shape(omega)[0], tf.float32)  # in units of the uniform weight 1/B
+        given = tf.argmax(y, axis=-1, output_type=tf.int32)
+        known = tf.cast(true >= 0, tf.float32)
+        clean = known * tf.cast(given == true, tf.float32)
+        return {
+            "probe_loss": (m.probe_loss, ones), "probe_acc": (_accuracy(m.probe_logits, yp), ones),
+            "omega_zero_frac": (tf.reduce_mean(tf.cast(omega <= 0.0, tf.float32)), ones),
+            "omega_max": (tf.reduce_max(scaled), ones),
+            "omega_clean": _weighted_mean(scaled, clean),
+            "omega_noisy": _weighted_mean(scaled, known - clean),
+        }
+
+    def _accuracy_where_known(self, probs, true):
+        known = tf.cast(true >= 0, tf.float32)
+        hit = tf.cast(tf.argmax(probs, axis=-1, output_type=tf.int32) == true, tf.float32)
+        return _weighted_mean(hit, known)
+
+    def _accumulators(self):
+        accumulator = getattr(self.optimizer, "accumulator", None)
+        if accumulator is None or not self.config.meta_momentum:
+            return None
+        return [accumulator(v) for v in self.network.trainable_variables]
+
+    def _probe_weight_decay(self):
+        cfg = self.config
+        return cfg.weight_decay if cfg.probe_weight_decay is None else cfg.probe_weight_decay
+
+    def update_ema(self):
+        decay = ema_decay(self.optimizer.iterations, self.config.ema_decay)
+        for shadow, variable in zip(self.ema_weights, self.network.trainable_variables):
+            shadow.assign(decay * shadow + (1.0 - decay) * tf.cast(variable, shadow.dtype))
+
+    # ------------------------------------------------------------------ evaluation
+    def ema_logits(self, images):
+        """Logits of the EMA weights with the live BN moving statistics (inference mode)."""
+        logits, _ = self.network.stateless_call(
+            self.ema_weights, self.network.non_trainable_variables, images, training=False)
+        return tf.cast(logits, tf.float32)
+
+    def test_step(self, data):
+        images, labels = data[0], tf.cast(data[1], tf.int32)
+        logits = self.ema_logits(images)
+        onehot = tf.one_hot(labels, self.num_classes)
+        self.eval_loss.update_state(losses.cross_entropy(onehot, logits))
+        self.eval_accuracy.update_state(tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == labels, tf.float32))
+        return {"loss": self.eval_loss.result(), "accuracy": self.eval_accuracy.result()}
+
+    def predict_step(self, data):
+        images = data[0] if isinstance(data, (tuple, list)) else data
+        return tf.nn.softmax(self.ema_logits(images))
+
+    def build_optimizer(self):
+        """Creates the optimizer's slots now (Keras 3 needs them before a custom train_step is traced)."""
+        self.optimizer.build(self.network.trainable_variables)
+
+
+def _accuracy(logits, onehot):
+    return tf.reduce_mean(tf.cast(tf.argmax(logits, -1) == tf.argmax(onehot, -1), tf.float32))
+
+
+def _weighted_mean(values, weights):
+    """(weighted mean, total weight) for a Mean tracker; a batch with zero weight contributes nothing."""
+    total = tf.reduce_sum(weights)
+    return tf.math.divide_no_nan(tf.reduce_sum(values * weights), total), total
