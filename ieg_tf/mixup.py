@@ -2,6 +2,18 @@
 
 import tensorflow as tf
 
+# The step must draw the same numbers with and without jit_compile. An explicit algorithm is needed ("auto_select"
+# may differ under XLA), and even with Philox, TF 2.21's float `stateless_uniform` differs between the XLA and TF
+# kernels on CPU while the integer draw agrees; so floats are built from 24-bit integers.
+RNG = "philox"
+_FLOAT_BITS = 24
+
+
+def uniform(shape, seed):
+    """U[0, 1) float32 on a 2^-24 grid (float32's resolution), identical under XLA and TF kernels."""
+    ints = tf.random.stateless_uniform(shape, seed, 0, 1 << _FLOAT_BITS, dtype=tf.int32, alg=RNG)
+    return tf.cast(ints, tf.float32) / float(1 << _FLOAT_BITS)
+
 
 def mixup_coefficient(uniform, beta=0.5):
     """m = max(a, 1 - a) with a = u^(1/beta) / 2 (SPEC 1.4.3); for beta = 0.5, m = 1 - u^2 / 2 in [0.5, 1]."""
@@ -21,10 +33,10 @@ def mixup(images, targets, seed, beta=0.5):
     Returns:
       (mixed images, mixed targets); row r is m_r * row_r + (1 - m_r) * row_pi(r).
     """
-    perm_seed, coef_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    perm_seed, coef_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2, alg=RNG))
     n = tf.shape(images)[0]
-    perm = tf.argsort(tf.random.stateless_uniform([n], perm_seed))
-    m = mixup_coefficient(tf.random.stateless_uniform([n], coef_seed), beta)
+    perm = tf.argsort(uniform([n], perm_seed))
+    m = mixup_coefficient(uniform([n], coef_seed), beta)
     m_img = tf.cast(tf.reshape(m, [-1] + [1] * (images.shape.rank - 1)), images.dtype)
     m_tgt = tf.cast(m[:, None], targets.dtype)
     mixed_images = m_img * images + (1.0 - m_img) * tf.gather(images, perm)

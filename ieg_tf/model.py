@@ -15,8 +15,9 @@ import tensorflow as tf
 
 from ieg_tf import losses, meta, mixup
 from ieg_tf.config import TrainerConfig
+from ieg_tf.mixup import RNG
 from ieg_tf.example_stats import ExampleStats
-from ieg_tf.optim import ema_decay
+from ieg_tf.optim import TF1Momentum, ema_decay
 
 TRAIN_KEYS = ("weak", "label", "id", "probe_image", "probe_label")
 TRAIN_METRICS = {
@@ -82,6 +83,10 @@ class IEGTrainer(keras.Model):
 
     # ------------------------------------------------------------------ training
     def train_step(self, data):
+        if isinstance(data, (tuple, list)):  # `train_on_batch(batch)` packs its argument as (x, y, sample_weight)
+            data = data[0]
+        if not isinstance(data, dict):
+            raise ValueError(f"training batches must be dicts (see ieg_tf.pipeline.train_dataset), got {type(data)}")
         missing = [k for k in TRAIN_KEYS + (("strong",) if self.config.method == "ieg" else ()) if k not in data]
         if missing:
             raise ValueError(f"training batches must be dicts with keys {TRAIN_KEYS + ('strong',)}; missing "
@@ -101,8 +106,8 @@ class IEGTrainer(keras.Model):
         replica = tf.distribute.get_replica_context()
         replica_id = replica.replica_id_in_sync_group if replica is not None else 0
         seed = tf.constant([self.config.seed, 0], tf.int32)
-        seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(self.optimizer.iterations, tf.int32))
-        return tf.random.experimental.stateless_fold_in(seed, tf.cast(replica_id, tf.int32))
+        seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(self.optimizer.iterations, tf.int32), alg=RNG)
+        return tf.random.experimental.stateless_fold_in(seed, tf.cast(replica_id, tf.int32), alg=RNG)
 
     def compute_gradients(self, data, seed):
         """One replica's gradients of L_total / num_replicas, the logs, and (omega*, lambda*, g) or None.
@@ -200,9 +205,9 @@ class IEGTrainer(keras.Model):
         if cfg.ce_factor == 0:  # the reference drops the whole term, probe part included
             return tf.zeros([]), tf.zeros([])
         batch = tf.shape(x)[0]
-        draw_seed, mix_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        draw_seed, mix_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2, alg=RNG))
         # B probe rows drawn uniformly with replacement from the probe batch (SPEC 1.4.1).
-        idx = tf.random.stateless_uniform([batch], draw_seed, 0, tf.shape(xp)[0], dtype=tf.int32)
+        idx = tf.random.stateless_uniform([batch], draw_seed, 0, tf.shape(xp)[0], dtype=tf.int32, alg=RNG)
         images = tf.concat([tf.gather(xp, idx), x, xs], axis=0)
         targets = tf.concat([tf.gather(yp, idx), unlabeled_target, unlabeled_target], axis=0)
         images, targets = mixup.mixup(images, targets, mix_seed, cfg.mixup_beta)
@@ -312,8 +317,13 @@ class IEGTrainer(keras.Model):
         images = data[0] if isinstance(data, (tuple, list)) else data
         return tf.nn.softmax(self.ema_logits(images))
 
-    def build_optimizer(self):
-        """Creates the optimizer's slots now (Keras 3 needs them before a custom train_step is traced)."""
+    def compile(self, optimizer=None, **kwargs):
+        """Keras `compile`; the default optimizer is the reference's TF1 momentum at a constant 0.1.
+
+        The optimizer's slots are created here: the meta step reads the momentum accumulators, and Keras 3
+        needs them to exist before a custom `train_step` is traced.
+        """
+        super().compile(optimizer=optimizer if optimizer is not None else TF1Momentum(0.1), **kwargs)
         self.optimizer.build(self.network.trainable_variables)
 
 

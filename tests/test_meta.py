@@ -82,7 +82,6 @@ def _trainer(method, **config):
     net = _net()
     trainer = IEGTrainer(net, C, TrainerConfig(method=method, **config), num_train_examples=16)
     trainer.compile(optimizer=TF1Momentum(0.1))
-    trainer.build_optimizer()
     return trainer
 
 

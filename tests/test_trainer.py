@@ -1,0 +1,103 @@
+"""The trainer end to end through `fit`: every method, XLA, EMA, trackers, per-example statistics."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tinydata
+from ieg_tf import optim
+from ieg_tf.config import TrainerConfig
+from ieg_tf.model import TRAIN_METRICS, IEGTrainer
+
+
+def _fit(method, steps=6, jit=False, **config):
+    x, noisy, true, centers = tinydata.blobs(per_class=16)
+    px, py = tinydata.probe(centers)
+    trainer = IEGTrainer(tinydata.mlp(), 4, TrainerConfig(method=method, **config), num_train_examples=len(x))
+    trainer.compile(jit_compile=jit)
+    history = trainer.fit(tinydata.train_dataset(x, noisy, true, px, py, batch_size=16), steps_per_epoch=steps // 2,
+                          epochs=2, validation_data=tinydata.eval_dataset(x, true), verbose=0)
+    return trainer, history
+
+
+@pytest.mark.parametrize("method", ["supervised", "l2r", "ieg"])
+def test_fit_runs_every_method_and_reports_its_trackers(method):
+    trainer, history = _fit(method)
+    for name in TRAIN_METRICS[method] + ("val_accuracy", "val_loss"):
+        assert name in history.history, name
+        assert np.all(np.isfinite(history.history[name])), name
+    assert int(trainer.optimizer.iterations) == 6
+    stats = trainer.example_stats.result()
+    if method == "supervised":
+        assert stats["visits"].sum() == 0
+    else:
+        assert stats["visits"].sum() == 6 * 16
+        assert np.all(stats["omega_mean"] >= 0) and stats["omega_mean"].max() > 0
+        assert stats["guess_sum"].shape == (64, 4)
+
+
+def test_ieg_step_compiles_with_xla_and_matches_the_graph_step():
+    _, history = _fit("ieg", jit=True)
+    assert np.all(np.isfinite(history.history["loss"]))
+    x, noisy, true, centers = tinydata.blobs(per_class=16)
+    trainer = IEGTrainer(tinydata.mlp(), 4, TrainerConfig(method="ieg"))
+    trainer.compile()
+    batch = next(iter(tinydata.train_dataset(x, noisy, true, *tinydata.probe(centers), batch_size=16)))
+    seed = tf.constant([1, 2])
+    bn = [v.numpy() for v in trainer.network.non_trainable_variables]
+
+    def step(data, s):
+        grads, logs, per_example = trainer.compute_gradients(data, s)
+        return grads, {k: v[0] for k, v in logs.items()}, per_example
+
+    graph = tf.function(step)(batch, seed)
+    for v, value in zip(trainer.network.non_trainable_variables, bn):
+        v.assign(value)  # the second call must see the same BN state
+    xla = tf.function(step, jit_compile=True)(batch, seed)
+    for a, b in zip(graph[0], xla[0]):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    for name in graph[1]:
+        np.testing.assert_allclose(graph[1][name], xla[1][name], rtol=1e-4, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(graph[2][0], xla[2][0], rtol=1e-3, atol=1e-6)
+
+
+def test_ema_follows_the_ramped_decay():
+    x, noisy, true, centers = tinydata.blobs(per_class=16)
+    px, py = tinydata.probe(centers)
+    trainer = IEGTrainer(tinydata.mlp(), 4, TrainerConfig(method="supervised"))
+    trainer.compile()
+    ds = iter(tinydata.train_dataset(x, noisy, true, px, py, batch_size=16))
+    expected = [v.numpy() for v in trainer.network.trainable_variables]
+    for step in range(1, 4):
+        trainer.train_on_batch(next(ds))
+        decay = min(0.999, (1 + step) / (10 + step))
+        expected = [decay * e + (1 - decay) * v.numpy() for e, v in zip(expected, trainer.network.trainable_variables)]
+    for e, shadow in zip(expected, trainer.ema_weights):
+        np.testing.assert_allclose(shadow.numpy(), e, rtol=1e-5, atol=1e-6)
+    images = tf.constant(x[:8])
+    assert not np.allclose(trainer.ema_logits(images), trainer.network(images, training=False))
+
+
+def test_missing_batch_keys_give_a_clear_error():
+    trainer = IEGTrainer(tinydata.mlp(), 4, TrainerConfig(method="ieg"))
+    trainer.compile()
+    batch = {"weak": tf.zeros([4, 4, 4, 1]), "label": tf.zeros([4], tf.int32)}
+    with pytest.raises(ValueError, match="missing"):
+        trainer.train_on_batch(batch)
+
+
+def test_unbuilt_network_and_bad_config_are_rejected():
+    import keras
+    with pytest.raises(ValueError, match="not built"):
+        IEGTrainer(keras.Sequential([keras.layers.Dense(3)]), 3)
+    with pytest.raises(ValueError, match="method"):
+        TrainerConfig(method="mentornet")
+    with pytest.raises(ValueError, match="grad_eps_init"):
+        TrainerConfig(grad_eps_init=1.0)
+
+
+def test_schedule_and_optimizer_state_are_variables_for_checkpoints():
+    trainer, _ = _fit("ieg", steps=4)
+    trainer.compile(optimizer=optim.TF1Momentum(0.1))
+    names = {v.path for v in trainer.optimizer.variables}
+    assert any("accumulator" in n for n in names)
