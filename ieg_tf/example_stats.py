@@ -26,6 +26,7 @@ class ExampleStats(keras.layers.Layer):
         self.visits = self._sum_variable("visits", [self.num_examples])
         if self.track_guesses:
             self.guess_sum = self._sum_variable("guess_sum", [self.num_examples, self.num_classes])
+        self.built = True  # no inputs to build from; Keras' symbolic build under a strategy checks this flag
 
     def _sum_variable(self, name, shape):
         return keras.Variable(np.zeros(shape, np.float32), trainable=False, name=name,

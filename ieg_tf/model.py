@@ -10,6 +10,8 @@ One step (SPEC 1.1-1.8), per replica:
 Methods `l2r` and `supervised` share the same inputs, optimizer, EMA and evaluation.
 """
 
+import typing
+
 import keras
 import tensorflow as tf
 
@@ -28,6 +30,14 @@ TRAIN_METRICS = {
             "omega_noisy", "train_acc"),
     "supervised": ("loss", "l2_loss", "train_acc"),
 }
+
+
+class StepResult(typing.NamedTuple):
+    """What one replica's step computes before anything is assigned."""
+    grads: list            # d(L_total / num_replicas) / d theta, aligned with network.trainable_variables
+    logs: dict             # tracker name -> (value, weight)
+    per_example: tuple     # (omega*, lambda*, guessed label) for the label-issue statistics, or None
+    state: list            # the weak-view forward's new non-trainable values (BN moving statistics)
 
 
 class IEGTrainer(keras.Model):
@@ -65,6 +75,9 @@ class IEGTrainer(keras.Model):
         self.trackers = {name: keras.metrics.Mean(name=name) for name in TRAIN_METRICS[config.method]}
         self.eval_loss = keras.metrics.Mean(name="eval_loss")
         self.eval_accuracy = keras.metrics.Mean(name="eval_accuracy")
+        # Everything is created above; without this, `fit` under a strategy tries to build the trainer by calling
+        # it on a training batch (a dict the wrapped network does not take).
+        self.built = True
 
     @property
     def metrics(self):
@@ -92,25 +105,27 @@ class IEGTrainer(keras.Model):
             raise ValueError(f"training batches must be dicts with keys {TRAIN_KEYS + ('strong',)}; missing "
                              f"{missing}. Build them with ieg_tf.pipeline.train_dataset.")
         seed = self.step_seed()
-        grads, logs, per_example = self.compute_gradients(data, seed)
-        self.optimizer.apply(grads, self.network.trainable_variables)
+        step = self.compute_gradients(data, seed)
+        self.optimizer.apply(step.grads, self.network.trainable_variables)
+        self.commit_state(step.state)
         self.update_ema()
-        if self.example_stats is not None and per_example is not None:
-            self.example_stats.update(data["id"], *per_example)
-        for name, value in logs.items():
+        if self.example_stats is not None and step.per_example is not None:
+            self.example_stats.update(data["id"], *step.per_example)
+        for name, value in step.logs.items():
             self.trackers[name].update_state(value[0], sample_weight=value[1])
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
-    def step_seed(self):
+    def step_seed(self, replica_id=None):
         """Stateless seed of this step and replica: (config seed, optimizer step, replica id), so resume is exact."""
-        replica = tf.distribute.get_replica_context()
-        replica_id = replica.replica_id_in_sync_group if replica is not None else 0
+        if replica_id is None:
+            replica = tf.distribute.get_replica_context()
+            replica_id = replica.replica_id_in_sync_group if replica is not None else 0
         seed = tf.constant([self.config.seed, 0], tf.int32)
         seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(self.optimizer.iterations, tf.int32), alg=RNG)
         return tf.random.experimental.stateless_fold_in(seed, tf.cast(replica_id, tf.int32), alg=RNG)
 
     def compute_gradients(self, data, seed):
-        """One replica's gradients of L_total / num_replicas, the logs, and (omega*, lambda*, g) or None.
+        """One replica's step without side effects: a StepResult (see its fields).
 
         Logs map a tracker name to (value, weight) so means over examples with unknown true labels stay exact.
         """
@@ -139,15 +154,15 @@ class IEGTrainer(keras.Model):
         params, non_trainable = net.trainable_variables, net.non_trainable_variables
 
         def forward():
-            # 1. Views. Only the weak-view pass runs as a real call, so only it moves BN statistics (SPEC 1.2).
-            z = tf.cast(net(x, training=True), tf.float32)
+            # 1. Views. Only the weak-view pass returns BN statistics the step assigns (SPEC 1.2).
+            z, state = self._weak_forward(x)
             z_strong, _ = net.stateless_call(params, non_trainable, xs, training=True)
             z_strong = tf.cast(z_strong, tf.float32)
             # 2. Label guessing from the current model (K = 2 views).
-            return z, z_strong, losses.guess_label([z, z_strong], cfg.sharpen_temperature)
+            return z, z_strong, losses.guess_label([z, z_strong], cfg.sharpen_temperature), state
 
         def look_loss(outputs, omega, lam):
-            z, _, guess = outputs
+            z, _, guess, _ = outputs
             if cfg.meta_stop_guess_gradient:
                 guess = tf.stop_gradient(guess)
             target = lam[:, None] * y + (1.0 - lam[:, None]) * guess
@@ -161,7 +176,7 @@ class IEGTrainer(keras.Model):
                 probe_images=xp, probe_labels_onehot=yp, accumulators=self._accumulators(),
                 step_size=cfg.meta_stepsize, momentum=cfg.meta_momentum,
                 probe_weight_decay=self._probe_weight_decay(), main_tape=tape)
-            z, z_strong, guess = m.outputs
+            z, z_strong, guess, state = m.outputs
             guess = tf.stop_gradient(guess)
             omega = tf.stop_gradient(losses.normalize_weights(m.grad_omega))
             lam = tf.stop_gradient(losses.binarize_label_mix(m.grad_lambda))
@@ -198,7 +213,7 @@ class IEGTrainer(keras.Model):
             **self._meta_logs(m, omega, y, yp, true),
             "train_acc": (_accuracy(z, y), ones),
         }
-        return grads, logs, (omega, lam, guess)
+        return StepResult(grads, logs, (omega, lam, guess), state)
 
     def _mixup_losses(self, x, xs, xp, yp, unlabeled_target, seed):
         cfg = self.config
@@ -227,10 +242,11 @@ class IEGTrainer(keras.Model):
         batch = tf.shape(x)[0]
 
         def forward():
-            return tf.cast(net(x, training=True), tf.float32)
+            return self._weak_forward(x)
 
-        def look_loss(z, omega, lam):
+        def look_loss(outputs, omega, lam):
             del lam
+            z, _ = outputs
             return tf.reduce_sum(omega * losses.cross_entropy(y, z))
 
         with tf.GradientTape() as tape:
@@ -240,7 +256,7 @@ class IEGTrainer(keras.Model):
                 lambda0=tf.zeros([batch]), probe_images=tf.convert_to_tensor(data["probe_image"]),
                 probe_labels_onehot=yp, accumulators=None, step_size=cfg.meta_stepsize, momentum=0.0,
                 probe_weight_decay=self._probe_weight_decay(), main_tape=tape)
-            z = m.outputs
+            z, state = m.outputs
             omega = tf.stop_gradient(losses.normalize_weights(m.grad_omega))
             l2 = losses.l2_penalty(self.decayed_variables, cfg.weight_decay)
             total = tf.reduce_sum(omega * losses.cross_entropy(y, z)) + l2
@@ -249,20 +265,39 @@ class IEGTrainer(keras.Model):
         ones = tf.ones([])
         logs = {"loss": (total, ones), "l2_loss": (l2, ones), **self._meta_logs(m, omega, y, yp, true),
                 "train_acc": (_accuracy(z, y), ones)}
-        return grads, logs, (omega, tf.ones_like(omega), tf.nn.softmax(z))
+        return StepResult(grads, logs, (omega, tf.ones_like(omega), tf.nn.softmax(z)), state)
 
     def _supervised_step(self, data, seed):
         del seed
         x, y, _ = self._inputs(data)
         with tf.GradientTape() as tape:
-            z = tf.cast(self.network(x, training=True), tf.float32)
+            z, state = self._weak_forward(x)
             l2 = losses.l2_penalty(self.decayed_variables, self.config.weight_decay)
             total = losses.mean_cross_entropy(y, z) + l2
             scaled = self._scale(total)
         grads = tape.gradient(scaled, self.network.trainable_variables)
         ones = tf.ones([])
         logs = {"loss": (total, ones), "l2_loss": (l2, ones), "train_acc": (_accuracy(z, y), ones)}
-        return grads, logs, None
+        return StepResult(grads, logs, None, state)
+
+    def _weak_forward(self, x):
+        """z = f(x) in training mode and the network's new non-trainable state (BN statistics), not yet assigned."""
+        net = self.network
+        z, state = net.stateless_call(net.trainable_variables, net.non_trainable_variables, x, training=True)
+        return losses.full_precision(z), state
+
+    def commit_state(self, state):
+        """Assigns the weak-view forward's BN statistics, averaged over replicas.
+
+        Keras creates BN moving variables without a replica aggregation, so under a strategy each replica would
+        keep its own copy and a checkpoint would hold replica 0's. The explicit mean keeps replicas identical; with
+        one replica it is the plain update.
+        """
+        context = tf.distribute.get_replica_context()
+        for variable, value in zip(self.network.non_trainable_variables, state):
+            if context is not None and context.num_replicas_in_sync > 1 and value.dtype.is_floating:
+                value = context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+            variable.assign(value)
 
     def _meta_logs(self, m, omega, y, yp, true):
         ones = tf.ones([])

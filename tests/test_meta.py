@@ -92,7 +92,11 @@ def test_batchnorm_statistics_move_only_through_the_weak_view():
         reference = _net()
         reference.set_weights(trainer.network.get_weights())
         reference(data["weak"], training=True)      # exactly one weak-view update
-        trainer.compute_gradients(data, trainer.step_seed())
+        before = [v.numpy() for v in trainer.network.non_trainable_variables]
+        step = trainer.compute_gradients(data, trainer.step_seed())
+        for got, want in zip(trainer.network.non_trainable_variables, before):
+            np.testing.assert_array_equal(got, want)    # computing a step assigns nothing
+        trainer.commit_state(step.state)
         bn = [v.numpy() for v in trainer.network.non_trainable_variables]
         expected = [v.numpy() for v in reference.non_trainable_variables]
         assert any(np.max(np.abs(e - r)) > 1e-4 for e, r in
@@ -103,7 +107,7 @@ def test_batchnorm_statistics_move_only_through_the_weak_view():
 
 def test_ieg_gradient_reaches_every_variable_through_all_loss_terms():
     trainer = _trainer("ieg")
-    grads, logs, (omega, lam, guess) = trainer.compute_gradients(_batch(), trainer.step_seed())
+    grads, logs, (omega, lam, guess), _ = trainer.compute_gradients(_batch(), trainer.step_seed())
     assert all(g is not None and np.all(np.isfinite(g)) and np.any(g.numpy() != 0) for g in grads)
     for name in ("sup_loss", "mix_probe_loss", "mix_unl_loss", "kl_loss", "l2_loss", "probe_loss"):
         assert np.isfinite(logs[name][0]) and float(logs[name][0]) > 0, name
@@ -114,7 +118,7 @@ def test_ieg_gradient_reaches_every_variable_through_all_loss_terms():
 
 def test_total_loss_is_the_sum_of_the_reference_terms():
     trainer = _trainer("ieg")
-    _, logs, _ = trainer.compute_gradients(_batch(), trainer.step_seed())
+    logs = trainer.compute_gradients(_batch(), trainer.step_seed()).logs
     value = {k: float(v[0]) for k, v in logs.items()}
     expected = (value["sup_loss"] + value["mix_probe_loss"] + 5.0 * value["mix_unl_loss"]
                 + 20.0 * value["kl_loss"] + value["l2_loss"])
@@ -123,7 +127,8 @@ def test_total_loss_is_the_sum_of_the_reference_terms():
 
 def test_clean_threshold_split_keeps_given_labels_for_high_weight_examples():
     trainer = _trainer("ieg", clean_threshold=1.0)
-    _, logs, (omega, _, _) = trainer.compute_gradients(_batch(), trainer.step_seed())
+    step = trainer.compute_gradients(_batch(), trainer.step_seed())
+    logs, omega = step.logs, step.per_example[0]
     expected = np.mean(omega.numpy() * 8 < 1.0)
     np.testing.assert_allclose(float(logs["noisy_frac"][0]), expected)
     assert 0.0 < expected < 1.0

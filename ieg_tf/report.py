@@ -1,0 +1,253 @@
+"""The label-issue report: which training labels the trained model believes are wrong, and what it suggests.
+
+It reads the per-example sums the trainer keeps by example id (`IEGTrainer.example_stats`, SPEC 0): how often
+an example was seen, its average meta weight omega*, and how often lambda* replaced its label by the guessed
+one. `label_issues` turns them into columns plus a flag; `write_label_issues_csv` writes `label_issues.csv`.
+
+Example (a `model.fit` user):
+  trainer.fit(train_ds, ...)
+  issues = report_for(trainer, data)
+  suspicious = [row for row in issues.rows() if row["label_believed_wrong"]]
+"""
+
+import csv
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from ieg_tf.export import scale_images
+
+COLUMNS = ("id", "given_label", "suggested_label", "omega_mean", "pseudo_fraction", "visits",
+           "label_believed_wrong")
+
+
+@dataclasses.dataclass
+class LabelIssues:
+    """One entry per training example (numpy columns, training order) and the flag's quality.
+
+    Attributes:
+      id: int64 [N], the example's id in the original training set.
+      given_label: int32 [N], the (noisy) label the model was trained on.
+      suggested_label: int32 [N], the label the model believes in (see `label_issues`).
+      omega_mean: float32 [N], omega* averaged over the example's visits (raw: the uniform weight is 1/B).
+      pseudo_fraction: float32 [N], the share of visits in which lambda* chose the guessed label.
+      visits: int64 [N], how many training steps saw the example.
+      label_believed_wrong: bool [N], the flag.
+      true_label: int32 [N] clean labels (-1 = unknown), or None.
+      precision: share of flagged examples whose given label is truly wrong; None when undefined (no true
+        labels known, or nothing flagged among them).
+      recall: share of truly mislabeled examples that are flagged; None when undefined (no true labels known,
+        or no known label is wrong).
+    """
+    id: np.ndarray
+    given_label: np.ndarray
+    suggested_label: np.ndarray
+    omega_mean: np.ndarray
+    pseudo_fraction: np.ndarray
+    visits: np.ndarray
+    label_believed_wrong: np.ndarray
+    true_label: np.ndarray | None
+    precision: float | None
+    recall: float | None
+
+    def __len__(self):
+        return len(self.id)
+
+    def columns(self):
+        """The CSV column names, `true_label` last when true labels are known."""
+        return COLUMNS + (("true_label",) if self.true_label is not None else ())
+
+    def rows(self):
+        """A list of dicts, one per example, keyed by `columns()`, with plain Python values."""
+        cells = [getattr(self, name).tolist() for name in self.columns()]
+        return [dict(zip(self.columns(), values)) for values in zip(*cells)]
+
+
+def label_issues(stats, given_labels, *, true_labels=None, ids=None, predicted=None, omega_threshold=None,
+                 pseudo_threshold=0.5):
+    """Builds the label-issue report from the trainer's per-example statistics.
+
+    The suggested label is the argmax of the summed guessed labels g (SPEC 1.3) of a visited example when the
+    trainer kept them, else the argmax of `predicted`; an example with neither keeps its given label.
+
+    A label is believed wrong when all of these hold:
+      1. the example was visited at least once (no evidence, no flag);
+      2. pseudo_fraction > pseudo_threshold: lambda* = 0 means the probe loss falls when the target moves from
+         the given label toward the guess (SPEC 1.6.8), i.e. the clean probe set votes against the label. One
+         vote is the sign of one batch's gradient, so the flag asks for a majority of visits;
+      3. suggested_label != given_label: a vote for the guess contests the label only if the guess names
+         another class;
+      4. only when `omega_threshold` is set: omega_mean < omega_threshold. omega* (SPEC 1.6.7) is clipped to 0
+         for examples whose gradient opposes the probe's, so this asks the second meta signal to agree, trading
+         recall for precision. The threshold is in the units of omega_mean (raw omega*, uniform = 1/B): the
+         paper's T ("T times the uniform weight", TrainerConfig.clean_threshold) is T / batch_size here.
+    Precision and recall compare the flag with given != true over the examples whose true label is known
+    (true_labels >= 0), visited or not.
+
+    Args:
+      stats: `ExampleStats.result()`: dict with numpy `visits`, `omega_mean`, `pseudo_fraction` [N] and
+        `guess_sum` [N, C] or None.
+      given_labels: int [N], the labels trained on.
+      true_labels: int [N] clean labels (-1 = unknown), or None.
+      ids: int [N] original example ids; default 0..N-1.
+      predicted: float [N, C] class probabilities of the EMA model (see `report_for`); required when
+        `guess_sum` is None.
+      omega_threshold: optional extra condition 4, in raw omega* units.
+      pseudo_threshold: the share of visits lambda* must give to the guessed label, in [0, 1).
+
+    Returns:
+      LabelIssues.
+
+    Raises:
+      ValueError: missing statistics, arrays of inconsistent lengths, or a threshold out of range.
+    """
+    missing = [k for k in ("visits", "omega_mean", "pseudo_fraction") if k not in stats]
+    if missing:
+        raise ValueError(f"stats lack {missing}; pass trainer.example_stats.result()")
+    if not 0.0 <= pseudo_threshold < 1.0:
+        raise ValueError(f"pseudo_threshold must be in [0, 1), got {pseudo_threshold}")
+    given = np.asarray(given_labels).astype(np.int32)
+    if given.ndim != 1:
+        raise ValueError(f"given_labels must be int class ids [N], got shape {given.shape}")
+    n = len(given)
+    visits = _column(stats["visits"], n, "stats['visits']").astype(np.int64)
+    omega = _column(stats["omega_mean"], n, "stats['omega_mean']").astype(np.float32)
+    pseudo = _column(stats["pseudo_fraction"], n, "stats['pseudo_fraction']").astype(np.float32)
+    ids = np.arange(n, dtype=np.int64) if ids is None else _column(ids, n, "ids").astype(np.int64)
+    true = None if true_labels is None else _column(true_labels, n, "true_labels").astype(np.int32)
+
+    guess_sum = stats.get("guess_sum")
+    if guess_sum is None and predicted is None:
+        raise ValueError("the trainer kept no guessed labels (guess_sum is None): pass predicted= EMA "
+                         "probabilities [N, C], or use report_for(trainer, data), which computes them")
+    suggested = given.copy()
+    if predicted is not None:
+        suggested = np.argmax(_matrix(predicted, n, "predicted"), axis=1).astype(np.int32)
+    if guess_sum is not None:
+        from_guess = np.argmax(_matrix(guess_sum, n, "stats['guess_sum']"), axis=1).astype(np.int32)
+        suggested = np.where(visits > 0, from_guess, suggested)
+
+    flag = (visits > 0) & (pseudo > pseudo_threshold) & (suggested != given)
+    if omega_threshold is not None:
+        flag &= omega < omega_threshold
+    precision, recall = _precision_recall(flag, given, true)
+    return LabelIssues(ids, given, suggested, omega, pseudo, visits, flag, true, precision, recall)
+
+
+def report_for(trainer, data, batch_size=256, *, omega_threshold=None, pseudo_threshold=0.5):
+    """The label-issue report of a trained `IEGTrainer` on its training data.
+
+    EMA predictions over `data.train_images` are computed when the trainer kept no guessed labels or some
+    example was never visited (then they supply its suggested label).
+
+    Args:
+      trainer: the IEGTrainer, built with `num_train_examples=len(data.train_labels)`.
+      data: the `ieg_tf.datasets.NoisyData` it was trained on (positions = the `id` fed to the trainer).
+      batch_size: batch size of the prediction pass.
+      omega_threshold, pseudo_threshold: see `label_issues`.
+
+    Returns:
+      LabelIssues with `id` = data.train_ids.
+
+    Raises:
+      ValueError: the trainer keeps no statistics or counts a different number of examples, or predictions are
+        needed but the training images are not uint8 arrays.
+    """
+    if trainer.example_stats is None:
+        raise ValueError("the trainer keeps no per-example statistics: build IEGTrainer with "
+                         "num_train_examples=len(data.train_labels)")
+    n = len(data.train_labels)
+    if trainer.example_stats.num_examples != n:
+        raise ValueError(f"the trainer counts {trainer.example_stats.num_examples} examples but the data have {n} "
+                         "training labels; report on the data set the trainer was built for")
+    stats = trainer.example_stats.result()
+    predicted = None
+    if stats["guess_sum"] is None or np.any(stats["visits"] == 0):
+        predicted = ema_probabilities(trainer, data.train_images, batch_size)
+    return label_issues(stats, data.train_labels, true_labels=data.train_true_labels, ids=data.train_ids,
+                        predicted=predicted, omega_threshold=omega_threshold, pseudo_threshold=pseudo_threshold)
+
+
+def ema_probabilities(trainer, images, batch_size=256):
+    """Softmax of the trainer's EMA logits over uint8 images [N, H, W, C], batched; float32 [N, C]."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"predictions need uint8 [N, H, W, C] images, got {images.dtype} {images.shape}; for "
+                         "file-path data sets compute EMA probabilities yourself and call label_issues(predicted=)")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *images.shape[1:]], tf.uint8)])
+    def predict(batch):
+        return tf.nn.softmax(trainer.ema_logits(scale_images(batch)))
+
+    out = [predict(images[i:i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros([0, trainer.num_classes], np.float32)
+
+
+def write_label_issues_csv(issues, path):
+    """Writes `issues` as CSV (header `issues.columns()`, the flag as 1/0) to a local or gfile path."""
+    with tf.io.gfile.GFile(path, "w") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(issues.columns())
+        for row in issues.rows():
+            writer.writerow([_cell(row[name]) for name in issues.columns()])
+    return path
+
+
+def read_label_issues_csv(path):
+    """Reads a file written by `write_label_issues_csv` back into LabelIssues (precision/recall recomputed)."""
+    with tf.io.gfile.GFile(path, "r") as f:
+        reader = csv.reader(f)
+        header = tuple(next(reader, ()))
+        if header not in (COLUMNS, COLUMNS + ("true_label",)):
+            raise ValueError(f"{path} is not a label-issue CSV: header {header}, expected {COLUMNS} "
+                             "(+ true_label)")
+        body = list(reader)
+    cols = dict(zip(header, zip(*body))) if body else {name: () for name in header}
+    given = np.asarray(cols["given_label"], np.int32)
+    flag = np.asarray(cols["label_believed_wrong"], np.int8).astype(bool)
+    true = np.asarray(cols["true_label"], np.int32) if "true_label" in cols else None
+    precision, recall = _precision_recall(flag, given, true)
+    return LabelIssues(
+        id=np.asarray(cols["id"], np.int64), given_label=given,
+        suggested_label=np.asarray(cols["suggested_label"], np.int32),
+        omega_mean=np.asarray(cols["omega_mean"], np.float32),
+        pseudo_fraction=np.asarray(cols["pseudo_fraction"], np.float32),
+        visits=np.asarray(cols["visits"], np.int64), label_believed_wrong=flag, true_label=true,
+        precision=precision, recall=recall)
+
+
+def _precision_recall(flag, given, true):
+    if true is None:
+        return None, None
+    known = true >= 0
+    wrong = known & (given != true)
+    flagged = known & flag
+    hits = int(np.sum(flagged & wrong))
+    precision = hits / int(np.sum(flagged)) if np.any(flagged) else None
+    recall = hits / int(np.sum(wrong)) if np.any(wrong) else None
+    return precision, recall
+
+
+def _cell(value):
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return str(np.float32(value))  # the shortest text that reads back to the same float32
+    return value
+
+
+def _column(values, n, name):
+    values = np.asarray(values)
+    if values.shape != (n,):
+        raise ValueError(f"{name} has shape {values.shape}, expected ({n},): one entry per training example")
+    return values
+
+
+def _matrix(values, n, name):
+    values = np.asarray(values)
+    if values.ndim != 2 or values.shape[0] != n:
+        raise ValueError(f"{name} has shape {values.shape}, expected ({n}, num_classes)")
+    return values
