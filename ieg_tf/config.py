@@ -60,3 +60,71 @@ class TrainerConfig:
             raise ValueError(f"clean_threshold must be >= 0 (or unset), got {self.clean_threshold}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """How a training run is driven (`ieg_tf.train.run`); the reference's flag names are in brackets.
+
+    Attributes:
+      model_dir: run directory: checkpoints, TensorBoard logs, split, results.json, label_issues.csv, plots.
+      network: `ieg_tf.networks` name; None = the data set's default (small_cnn for 8x8 digits, wrn28-10 else).
+      batch_size: per-replica train and probe batch B (the global batch is B x replicas) [batch_size].
+      max_iteration: total steps; None = `epochs` epochs, or the data set's default [max_iteration].
+      epochs: total epochs when max_iteration is None [max_epoch].
+      eval_freq: steps between evaluations and checkpoints; None = one epoch [eval_freq].
+      learning_rate, lr_schedule, decay_steps, decay_rate, t_mul, m_mul, warmup_epochs, momentum: the optimizer
+        and its schedule (ieg_tf.optim.make_schedule); decay_steps None = one epoch.
+      aug_type: strong augmentation policy, "autoaug" or "randaug".
+      val_batch_size: evaluation batch.
+      strategy: default | mirrored | multi_worker | tpu [distribution_strategy]; tpu: the TPU address.
+      jit_compile: XLA for the train step; None = on for a single device (XLA and multi-device CPU strategies
+        do not mix).
+      export_dir: where to write the serving SavedModel at the end (None = no export).
+      keep_checkpoints: checkpoints kept in model_dir (the reference keeps 4).
+      seed: seeds the input order, augmentation and the step's randomness.
+      mixed_precision: a keras.mixed_precision policy name, e.g. "mixed_bfloat16"; None = float32.
+      weight_decay: overrides the network's reference L2 coefficient (ResNet-50's --l2_weight_decay).
+    """
+
+    model_dir: str = "/tmp/ieg_tf"
+    network: str | None = None
+    batch_size: int = 100
+    max_iteration: int | None = None
+    epochs: int | None = None
+    eval_freq: int | None = None
+    learning_rate: float = 0.1
+    lr_schedule: str = "cosine"
+    decay_steps: int | None = None
+    decay_rate: float = 0.1
+    t_mul: float = 1.5
+    m_mul: float = 0.9
+    warmup_epochs: float = 0.0
+    momentum: float = 0.9
+    aug_type: str = "autoaug"
+    val_batch_size: int = 100
+    strategy: str = "default"
+    tpu: str | None = None
+    jit_compile: bool | None = None
+    export_dir: str | None = None
+    keep_checkpoints: int = 4
+    seed: int = 12345
+    mixed_precision: str | None = None
+    weight_decay: float | None = None
+
+    def __post_init__(self):
+        for name in ("batch_size", "val_batch_size", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_iteration", "epochs", "eval_freq", "decay_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (or unset), got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy '{self.strategy}'; choose one of: {', '.join(STRATEGIES)}")
+        if self.aug_type not in ("autoaug", "randaug"):
+            raise ValueError(f"aug_type must be autoaug or randaug, got '{self.aug_type}'")

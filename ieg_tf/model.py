@@ -21,7 +21,11 @@ from ieg_tf.mixup import RNG
 from ieg_tf.example_stats import ExampleStats
 from ieg_tf.optim import TF1Momentum, ema_decay
 
-TRAIN_KEYS = ("weak", "label", "id", "probe_image", "probe_label")
+REQUIRED_KEYS = {  # batch keys each method reads (true_label is optional: monitoring only)
+    "ieg": ("weak", "strong", "label", "id", "probe_image", "probe_label"),
+    "l2r": ("weak", "label", "id", "probe_image", "probe_label"),
+    "supervised": ("weak", "label", "id"),
+}
 TRAIN_METRICS = {
     "ieg": ("loss", "sup_loss", "mix_probe_loss", "mix_unl_loss", "kl_loss", "l2_loss", "probe_loss",
             "probe_acc", "omega_zero_frac", "omega_max", "relabel_frac", "guess_acc", "omega_clean",
@@ -100,10 +104,12 @@ class IEGTrainer(keras.Model):
             data = data[0]
         if not isinstance(data, dict):
             raise ValueError(f"training batches must be dicts (see ieg_tf.pipeline.train_dataset), got {type(data)}")
-        missing = [k for k in TRAIN_KEYS + (("strong",) if self.config.method == "ieg" else ()) if k not in data]
+        required = REQUIRED_KEYS[self.config.method]
+        missing = [k for k in required if k not in data]
         if missing:
-            raise ValueError(f"training batches must be dicts with keys {TRAIN_KEYS + ('strong',)}; missing "
-                             f"{missing}. Build them with ieg_tf.pipeline.train_dataset.")
+            raise ValueError(f"method {self.config.method} needs training batches with keys {required}; missing "
+                             f"{missing}. Build them with ieg_tf.pipeline.train_dataset (a probe set is needed "
+                             "for ieg and l2r).")
         seed = self.step_seed()
         step = self.compute_gradients(data, seed)
         self.optimizer.apply(step.grads, self.network.trainable_variables)

@@ -1,0 +1,99 @@
+"""Checkpoints that make resume exact, and a clear error when a checkpoint does not fit the run.
+
+Everything a step depends on is a variable: network weights and BN statistics, EMA shadows, the optimizer's
+step and momentum accumulators, and the per-example statistics. The step's randomness is stateless, seeded by
+(seed, step), and the input pipeline restarts at the restored step, so a resumed run continues exactly.
+`tf.train.CheckpointManager` writes the data files first and then replaces the small `checkpoint` index file
+atomically, so a kill during a save leaves the previous checkpoint as the latest one.
+"""
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+HISTORY_FILE = "history.json"
+
+
+def trainer_variables(trainer):
+    """{stable name: tf variable} of all state: the trainer's (network, EMA, statistics) and the optimizer's.
+
+    Names are positions plus the variable's short name: Keras' layer paths carry process-dependent counters
+    ("dense_3"), while the order of a model's variables depends only on how the model is built.
+    """
+    metric_ids = {id(v) for v in trainer.metrics_variables}  # per-epoch running means, not training state
+    named = {}
+    for prefix, variables in (("trainer", trainer.variables), ("optimizer", trainer.optimizer.variables)):
+        state = [v for v in variables if id(v) not in metric_ids]
+        for index, variable in enumerate(state):
+            named[f"{prefix}_{index:04d}_{variable.name}"] = variable.value
+    return named
+
+
+class RunCheckpoint:
+    """A CheckpointManager over `trainer_variables` plus the per-evaluation history (a small JSON beside it)."""
+
+    def __init__(self, trainer, directory, max_to_keep=4):
+        self.trainer = trainer
+        self.directory = directory
+        self.variables = trainer_variables(trainer)
+        self.checkpoint = tf.train.Checkpoint(**self.variables)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
+
+    def restore(self):
+        """Restores the latest checkpoint, if any. Returns (step, history list)."""
+        path = self.manager.latest_checkpoint
+        if path is None:
+            return 0, []
+        self._check_compatible(path)
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+        step = int(self.trainer.optimizer.iterations.numpy())
+        history = [h for h in _read_history(self.directory) if h["step"] <= step]
+        return step, history
+
+    def save(self, step, history):
+        self.manager.save(checkpoint_number=step)
+        _write_atomically(os.path.join(self.directory, HISTORY_FILE), json.dumps(history))
+
+    def _check_compatible(self, path):
+        saved = {name.split("/.ATTRIBUTES")[0]: shape for name, shape in tf.train.list_variables(path)
+                 if name.endswith(".ATTRIBUTES/VARIABLE_VALUE")}
+        for name, variable in self.variables.items():
+            if name not in saved:
+                raise ValueError(f"the checkpoint {path} has no variable {name}: it was written by a different network "
+                                 "or method; use a new --model_dir (or the flags of the run that wrote it)")
+            if list(saved[name]) != list(variable.shape):
+                raise ValueError(f"the checkpoint {path} was written by a different network or number of classes: "
+                                 f"{name} has shape {saved[name]} there, {list(variable.shape)} here; use a new "
+                                 "--model_dir (or the flags of the run that wrote it)")
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """Saves a checkpoint and the evaluation history at the end of every `fit` epoch (= eval_freq steps)."""
+
+    def __init__(self, run_checkpoint, history):
+        super().__init__()
+        self.run_checkpoint, self.history = run_checkpoint, history
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        entry = {"step": step, "epoch": epoch + 1}
+        entry.update({k: float(v) for k, v in (logs or {}).items()})
+        self.history.append(entry)
+        self.run_checkpoint.save(step, self.history)
+
+
+def _read_history(directory):
+    path = os.path.join(directory, HISTORY_FILE)
+    if not tf.io.gfile.exists(path):
+        return []
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def _write_atomically(path, text):
+    tmp = path + ".tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(text)
+    tf.io.gfile.rename(tmp, path, overwrite=True)

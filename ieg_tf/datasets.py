@@ -1,0 +1,349 @@
+"""Noisy-label data sets: read clean data, hold out the probe set, then inject label noise (SPEC 3).
+
+The order is the reference's: the probe is drawn per class from the CLEAN labels and removed from the training
+set before any noise touches the remaining labels. Every random choice is seeded by DataSpec.seed, and
+`save_split` writes the outcome so a run can be audited and a resumed run can check it sees the same split.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from ieg_tf import noise, sources
+
+DATASETS = ("digits", "cifar10", "cifar100", "folder", "list", "arrays")
+_BENCHMARKS = ("digits", "cifar10", "cifar100")  # their given labels are clean
+_SPLIT_ARRAYS = ("noisy_labels", "true_labels", "train_ids", "probe_ids", "probe_labels")
+
+
+@dataclasses.dataclass
+class NoisyData:
+    """Training set with noisy labels, trusted probe set and clean test set.
+
+    Images are uint8 [N, H, W, C] arrays, or str [N] file paths for large-image sets (augment_kind "imagenet",
+    image_shape is then the crop size). train_ids / probe_ids index the ORIGINAL training set (before the probe
+    split); probe_ids are -1 for a probe given separately. The probe arrays are in class-interleaved order
+    (SPEC 3.7). train_true_labels is None when the clean labels are unknown (user data whose given labels are
+    the noisy ones); noise_rate_realized is then None too. For semantic and file noise, which have no requested
+    rate, noise_ratio is the realised rate.
+    """
+    name: str
+    num_classes: int
+    class_names: list | None
+    image_shape: tuple
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    train_true_labels: np.ndarray | None
+    train_ids: np.ndarray
+    probe_images: np.ndarray
+    probe_labels: np.ndarray
+    probe_ids: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    noise_type: str
+    noise_ratio: float
+    noise_rate_realized: float | None
+    augment_kind: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """What to load and how to corrupt it. Built from flags by the CLI; library code reads only this."""
+    dataset: str = "digits"            # digits | cifar10 | cifar100 | folder | list | arrays
+    data_dir: str | None = None        # digits.npz / CIFAR archives / tfds directory
+    download: bool = False             # let tensorflow-datasets download CIFAR
+    probe_per_class: int | None = 1    # None: every image of a separately given probe set
+    noise_type: str = "uniform"        # uniform | flip | asymmetric | semantic | file | none
+    noise_ratio: float = 0.8
+    noise_file: str | None = None      # .npy or .csv, one label per ORIGINAL training example (CIFAR-10N style)
+    seed: int = 12345
+    train_dir: str | None = None       # folder: train_dir/<class_name>/*.png|jpg
+    test_dir: str | None = None
+    probe_dir: str | None = None       # folder / list: a separate trusted probe set (WebVision's ImageNet probe)
+    train_list: str | None = None      # list: lines 'relative/path.jpg,label' under image_root
+    test_list: str | None = None
+    probe_list: str | None = None
+    image_root: str | None = None
+    image_size: int | None = None      # <= 64: decode and resize at load; larger: Inception crops from files
+    num_classes: int | None = None     # list: number of classes when not every id appears in the list
+    skip_bad_images: bool = False      # folder / list: skip unreadable files instead of failing
+    array_file: str | None = None      # arrays: .npz with train/test images and labels
+    semantic_fraction: float = 0.1     # semantic: share of the clean train set the labelling network sees
+    semantic_epochs: int = 10
+    semantic_network: str | None = None  # semantic: ieg_tf.networks name; None = small_cnn (8x8) / resnet29
+
+
+def load_dataset(spec):
+    """Reads `spec.dataset`, splits off the probe set and injects the requested noise.
+
+    The labels of digits and CIFAR are clean. Those of folder / list / arrays data are taken as clean when noise
+    is injected (uniform, flip, asymmetric, semantic, file) and as the given noisy labels with noise_type "none"
+    (true labels unknown).
+
+    Args:
+      spec: DataSpec.
+
+    Returns:
+      NoisyData.
+
+    Raises:
+      ValueError: unknown data set or noise type, ratio outside [0, 1], missing or malformed data, a class with
+        fewer than probe_per_class + 1 training images, or a noise file of the wrong length.
+    """
+    _check_noise(spec.noise_type, spec.noise_ratio)
+    raw = _read(spec)
+    return _build(raw, spec, raw.train_labels, raw.train_labels,
+                  spec.noise_type != "none" or spec.dataset in _BENCHMARKS)
+
+
+def from_arrays(train_images, train_labels=None, test_images=None, test_labels=None, *, probe_images=None,
+                probe_labels=None, probe_per_class=None, true_labels=None, noise_type="none", noise_ratio=0.0,
+                num_classes=None, class_names=None, name="arrays", seed=12345):
+    """NoisyData from numpy arrays or tf.data.Datasets (the Python API).
+
+    Each image argument may be a uint8 array ([N, H, W, C] or [N, H, W]) with its labels in the matching
+    `*_labels` argument, or a tf.data.Dataset of (image, label) pairs or {"image", "label"} dicts with the
+    `*_labels` argument left None.
+
+    Args:
+      train_images, train_labels: the training set. With noise_type "none" the labels are used as given (already
+        noisy); otherwise they are the clean labels and noise is injected.
+      test_images, test_labels: the clean evaluation set.
+      probe_images, probe_labels: a separate trusted set. Without it the probe is split off the training set, per
+        class, from `true_labels` if given, else from `train_labels` (which must then be trusted).
+      probe_per_class: probe images per class; None = every given probe image, or 1 when split off.
+      true_labels: int [N] clean labels of given noisy labels (monitoring and the probe split); only with
+        noise_type "none".
+      noise_type, noise_ratio: noise to inject, as in DataSpec ("asymmetric" needs a `name` with a mapping).
+      num_classes: C; default max label + 1.
+      class_names: optional list of C names.
+      name: data set name (reports; selects the asymmetric mapping).
+      seed: seeds the probe split and the noise.
+
+    Returns:
+      NoisyData.
+
+    Raises:
+      ValueError: malformed arrays, mismatched lengths, labels out of range, or a bad noise request.
+    """
+    _check_noise(noise_type, noise_ratio)
+    if noise_type == "file":
+        raise ValueError("noise_type='file' is for load_dataset; with arrays pass the noisy labels as train_labels, "
+                         "the clean ones as true_labels and noise_type='none'")
+    if true_labels is not None and noise_type != "none":
+        raise ValueError("true_labels go with given noisy labels (noise_type='none'); to inject noise pass the clean "
+                         "labels as train_labels")
+    train_images, given = _arrays(train_images, train_labels, "train")
+    test_images, test_y = _arrays(test_images, test_labels, "test")
+    probe = None if probe_images is None else _arrays(probe_images, probe_labels, "probe")
+    for what, labels in (("train_labels", given), ("true_labels", true_labels)):
+        if labels is not None and len(labels) != len(train_images):
+            raise ValueError(f"{what} has {len(labels)} entries for {len(train_images)} training images")
+    clean = None if true_labels is None else sources.check_labels(true_labels, "true_labels")
+    if num_classes is None:
+        label_sets = (given, clean, test_y, None if probe is None else probe[1])
+        num_classes = int(max(np.max(y, initial=-1) for y in label_sets if y is not None)) + 1
+    raw = sources.RawData(name, int(num_classes), class_names, train_images.shape[1:], train_images, given,
+                          test_images, test_y, sources.augment_kind_for(train_images.shape[1]),
+                          *(probe if probe is not None else (None, None)))
+    if probe_per_class is None and probe is None:
+        probe_per_class = 1
+    spec = DataSpec(dataset=name, probe_per_class=probe_per_class, noise_type=noise_type, noise_ratio=noise_ratio,
+                    seed=seed)
+    trusted = given if clean is None else clean
+    return _build(raw, spec, given, trusted, noise_type != "none" or clean is not None)
+
+
+def save_split(data, directory):
+    """Writes the split for auditing: noisy_labels, train_ids, probe_ids, probe_labels, true_labels (when known)
+    as .npy files, and split.json with the sizes, class names and noise (requested and realised)."""
+    os.makedirs(directory, exist_ok=True)
+    arrays = {"noisy_labels": data.train_labels, "true_labels": data.train_true_labels,
+              "train_ids": data.train_ids, "probe_ids": data.probe_ids, "probe_labels": data.probe_labels}
+    arrays = {name: values for name, values in arrays.items() if values is not None}
+    for name, values in arrays.items():
+        np.save(os.path.join(directory, f"{name}.npy"), values)
+    summary = {
+        "dataset": data.name, "num_classes": data.num_classes, "class_names": data.class_names,
+        "image_shape": list(data.image_shape), "num_train": len(data.train_labels),
+        "num_probe": len(data.probe_labels), "num_test": len(data.test_labels), "noise_type": data.noise_type,
+        "noise_ratio": data.noise_ratio, "noise_rate_realized": data.noise_rate_realized,
+        "files": sorted(f"{name}.npy" for name in arrays)}
+    with open(os.path.join(directory, "split.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+
+
+def load_split(directory):
+    """Reads what `save_split` wrote: a dict of the split.json entries plus the saved arrays by name."""
+    path = os.path.join(directory, "split.json")
+    if not os.path.exists(path):
+        raise ValueError(f"no saved split in {directory} (split.json missing)")
+    with open(path) as f:
+        split = json.load(f)
+    for name in _SPLIT_ARRAYS:
+        if f"{name}.npy" in split["files"]:
+            split[name] = np.load(os.path.join(directory, f"{name}.npy"))
+    return split
+
+
+def check_split(data, directory):
+    """Raises ValueError unless `data` has the labels and ids saved in `directory` (for resuming a run)."""
+    saved = load_split(directory)
+    current = {"noisy_labels": data.train_labels, "true_labels": data.train_true_labels,
+               "train_ids": data.train_ids, "probe_ids": data.probe_ids, "probe_labels": data.probe_labels}
+    differ = [name for name in _SPLIT_ARRAYS if (name in saved) != (current[name] is not None)
+              or (name in saved and not np.array_equal(saved[name], current[name]))]
+    if differ or saved["dataset"] != data.name:
+        raise ValueError(f"the data split differs from the one saved in {directory} ({', '.join(differ) or 'name'});"
+                         " use the seed, noise and data flags of the saved run, or a new run directory")
+
+
+def probe_split(labels, num_classes, per_class, seed):
+    """Chooses `per_class` examples of each class as probe, seeded.
+
+    Returns:
+      (train indices ascending, probe indices in class-interleaved order c0, c1, ..., c0, c1, ...).
+
+    Raises:
+      ValueError: a class has fewer than per_class + 1 examples (one must stay for training).
+    """
+    labels = np.asarray(labels)
+    counts = np.bincount(labels, minlength=num_classes)
+    if per_class >= counts.min():
+        c = int(np.argmin(counts))
+        raise ValueError(f"probe_per_class={per_class} is too large: class {c} has only {counts[c]} training "
+                         f"examples; the maximum is {counts.min() - 1} (one must stay for training)")
+    probe = _pick_per_class(labels, num_classes, per_class, seed)
+    return np.setdiff1d(np.arange(len(labels)), probe), probe
+
+
+def _pick_per_class(labels, num_classes, per_class, seed):
+    """Seeded choice of per_class (None = all) indices of each class, ordered by (rank within class, class)."""
+    rng = np.random.default_rng([seed, 1])
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(num_classes)]
+    rank = np.concatenate([np.arange(len(p)) for p in picked])
+    cls = np.concatenate([np.full(len(p), c) for c, p in enumerate(picked)])
+    return np.concatenate(picked)[np.lexsort((cls, rank))].astype(np.int64)
+
+
+def _check_noise(noise_type, ratio):
+    noise.check_ratio(ratio)
+    if noise_type not in noise.NOISE_TYPES:
+        raise ValueError(f"unknown noise_type {noise_type!r}; choose one of {', '.join(noise.NOISE_TYPES)}")
+
+
+def _arrays(images, labels, what):
+    """(uint8 images [N, H, W, C], int32 labels) from arrays or a tf.data.Dataset."""
+    if images is None:
+        raise ValueError(f"{what}_images is required")
+    if hasattr(images, "as_numpy_iterator"):
+        if labels is not None:
+            raise ValueError(f"{what}: give the labels inside the tf.data.Dataset, not as {what}_labels")
+        return sources.dataset_to_arrays(images)
+    if labels is None:
+        raise ValueError(f"{what}_labels is required with {what}_images arrays")
+    images = sources.check_images(images, f"{what}_images")
+    labels = sources.check_labels(labels, f"{what}_labels")
+    if len(labels) != len(images):
+        raise ValueError(f"{what}_labels has {len(labels)} entries for {len(images)} {what}_images")
+    return images, labels
+
+
+def _build(raw, spec, given, trusted, true_known):
+    """Probe split from `trusted`, then noise on `given` (labels of the original training set)."""
+    _check_classes(raw, trusted)
+    if spec.probe_per_class is not None and spec.probe_per_class < 0:
+        raise ValueError(f"probe_per_class must be >= 0, got {spec.probe_per_class}")
+    if raw.probe_images is None:
+        if spec.probe_per_class is None:
+            raise ValueError("probe_per_class=None (every probe image) needs a separate probe set; give a number")
+        train_idx, probe_idx = probe_split(trusted, raw.num_classes, spec.probe_per_class, spec.seed)
+        probe_images, probe_labels, probe_ids = raw.train_images[probe_idx], trusted[probe_idx], probe_idx
+    else:
+        train_idx, probe_idx = np.arange(len(given)), _separate_probe(raw, spec.probe_per_class, spec.seed)
+        probe_images, probe_labels = raw.probe_images[probe_idx], raw.probe_labels[probe_idx]
+        probe_ids = np.full(len(probe_idx), -1, np.int64)
+    noisy = _corrupt(raw, spec, given, train_idx)
+    true = trusted[train_idx] if true_known else None
+    realized = None if true is None else float(np.mean(noisy != true)) if len(true) else 0.0
+    ratio = realized if spec.noise_type in ("semantic", "file") else spec.noise_ratio
+    return NoisyData(
+        name=raw.name, num_classes=raw.num_classes, class_names=raw.class_names,
+        image_shape=tuple(int(d) for d in raw.image_shape), train_images=raw.train_images[train_idx],
+        train_labels=noisy.astype(np.int32), train_true_labels=None if true is None else true.astype(np.int32),
+        train_ids=train_idx.astype(np.int64), probe_images=probe_images,
+        probe_labels=probe_labels.astype(np.int32), probe_ids=probe_ids.astype(np.int64),
+        test_images=raw.test_images, test_labels=raw.test_labels.astype(np.int32), noise_type=spec.noise_type,
+        noise_ratio=float(ratio), noise_rate_realized=realized, augment_kind=raw.augment_kind)
+
+
+def _corrupt(raw, spec, given, train_idx):
+    """Noisy labels of the training examples train_idx."""
+    kept = given[train_idx]
+    if spec.noise_type == "file":
+        if not spec.noise_file:
+            raise ValueError("noise_type=file needs --noise_file (.npy or .csv, one label per training example)")
+        labels = sources.check_labels(sources.read_label_file(spec.noise_file), spec.noise_file, raw.num_classes)
+        if len(labels) != len(given):
+            raise ValueError(f"noise file {spec.noise_file} has {len(labels)} labels but the original training "
+                             f"set of {raw.name} has {len(given)} examples (one label per example, probe included)")
+        return labels[train_idx]
+    if spec.noise_type == "semantic":
+        model = None
+        if spec.semantic_network:
+            from ieg_tf import networks
+            model = networks.build_network(spec.semantic_network, raw.num_classes, raw.image_shape)
+        return noise.semantic_noise(raw.train_images[train_idx], kept, raw.num_classes, model=model,
+                                    fraction=spec.semantic_fraction, epochs=spec.semantic_epochs, seed=spec.seed)
+    return noise.inject(spec.noise_type, kept, raw.num_classes, spec.noise_ratio, spec.seed, raw.name)
+
+
+def _separate_probe(raw, per_class, seed):
+    counts = np.bincount(raw.probe_labels, minlength=raw.num_classes)
+    if counts.min() == 0 or (per_class is not None and per_class > counts.min()):
+        c = int(np.argmin(counts))
+        raise ValueError(f"the probe set has {counts[c]} images of class {c} but probe_per_class={per_class} "
+                         f"needs at least {max(per_class or 1, 1)} of every class")
+    return _pick_per_class(raw.probe_labels, raw.num_classes, per_class, seed)
+
+
+def _check_classes(raw, trusted):
+    for what, labels in (("training", raw.train_labels), ("true", trusted), ("test", raw.test_labels),
+                         ("probe", raw.probe_labels)):
+        if labels is not None:
+            sources.check_labels(labels, f"{raw.name} {what} labels", raw.num_classes)
+    counts = np.bincount(trusted, minlength=raw.num_classes)
+    if counts.min() == 0:
+        empty = np.flatnonzero(counts == 0)[:5].tolist()
+        raise ValueError(f"{raw.name}: class(es) {empty} have no training examples; class ids must be 0.."
+                         f"{raw.num_classes - 1} with every class present (set num_classes to match the data)")
+    if len(raw.test_labels) == 0:
+        raise ValueError(f"{raw.name}: the test set is empty")
+
+
+def _read(spec):
+    if spec.dataset == "digits":
+        return sources.read_digits(spec.data_dir)
+    if spec.dataset in ("cifar10", "cifar100"):
+        return sources.read_cifar(spec.dataset, spec.data_dir, spec.download)
+    if spec.dataset == "arrays":
+        return sources.read_npz(spec.array_file, spec.num_classes)
+    if spec.dataset == "folder":
+        train_paths, train_labels, names = sources.read_folder(spec.train_dir)
+        test = sources.read_folder(spec.test_dir, names)[:2] if spec.test_dir else None
+        probe = sources.read_folder(spec.probe_dir, names)[:2] if spec.probe_dir else None
+        return sources.image_dataset(os.path.basename(os.path.normpath(spec.train_dir)), (train_paths, train_labels),
+                                     test, len(names), names, spec.image_size, probe, spec.skip_bad_images)
+    if spec.dataset == "list":
+        train = sources.read_list(spec.train_list, spec.image_root)
+        test = sources.read_list(spec.test_list, spec.image_root) if spec.test_list else None
+        probe = sources.read_list(spec.probe_list, spec.image_root) if spec.probe_list else None
+        c = spec.num_classes or int(train[1].max()) + 1
+        for what, part in (("train_list", train), ("test_list", test), ("probe_list", probe)):
+            if part is not None:
+                sources.check_labels(part[1], f"{getattr(spec, what)} (num_classes={c})", c)
+        name = os.path.splitext(os.path.basename(spec.train_list))[0]
+        return sources.image_dataset(name, train, test, c, None, spec.image_size, probe, spec.skip_bad_images)
+    raise ValueError(f"unknown dataset {spec.dataset!r}; choose one of {', '.join(DATASETS)}")

@@ -1,0 +1,136 @@
+"""Command line: `python -m ieg_tf.main [--flagfile=flags/<experiment>.cfg] [--flag=value ...]`.
+
+With no flags it trains on the embedded digits data (80% uniform noise, one probe image per class). Flags keep
+the reference's names (SPEC 2) where they apply; the older spellings are aliases. This is the only module that
+reads FLAGS: it turns them into DataSpec, TrainerConfig and RunConfig and calls `ieg_tf.train.run`.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported: keep the console readable
+
+from absl import app, flags  # noqa: E402
+
+from ieg_tf import datasets, noise, optim, train  # noqa: E402
+from ieg_tf.config import METHODS, STRATEGIES, RunConfig, TrainerConfig  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+# Data.
+flags.DEFINE_enum("dataset", "digits", datasets.DATASETS, "Data set; digits is embedded and runs offline.")
+flags.DEFINE_string("data_dir", None, "CIFAR archives / tensorflow-datasets directory.")
+flags.DEFINE_bool("download", False, "Let tensorflow-datasets download CIFAR (needs internet).")
+flags.DEFINE_integer("probe_per_class", 1, "Trusted probe images per class, taken from the clean labels.",
+                     lower_bound=1)
+flags.DEFINE_enum("noise_type", "uniform", noise.NOISE_TYPES, "Label noise to inject.")
+flags.DEFINE_float("noise_ratio", 0.8, "Noise ratio r (uniform: relabel with prob r, true class included).",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_string("noise_file", None, "noise_type=file: .npy/.csv with one label per original train example.")
+flags.DEFINE_string("train_dir", None, "dataset=folder: one sub-folder of images per class.")
+flags.DEFINE_string("test_dir", None, "dataset=folder: test images, same layout.")
+flags.DEFINE_string("probe_dir", None, "folder/list: a separate trusted probe set (same layout as train_dir).")
+flags.DEFINE_string("train_list", None, "dataset=list: text file of 'relative/path,label' lines.")
+flags.DEFINE_string("test_list", None, "dataset=list: test list file.")
+flags.DEFINE_string("probe_list", None, "dataset=list: a separate trusted probe list file.")
+flags.DEFINE_string("image_root", None, "dataset=list: directory the list paths are relative to.")
+flags.DEFINE_integer("image_size", None, "folder/list: resize to this size (<= 64 decoded at load).",
+                     lower_bound=1)
+flags.DEFINE_bool("skip_bad_images", False, "folder/list: skip unreadable images (counted) instead of stopping.")
+flags.DEFINE_string("array_file", None, "dataset=arrays: .npz with x_train, y_train, x_test, y_test.")
+
+# Method and its constants (SPEC 1.0).
+flags.DEFINE_enum("method", "ieg", METHODS, "Training method.")
+flags.DEFINE_float("ce_factor", 5.0, "p: weight of the MixUp loss on unlabeled data.", lower_bound=0.0)
+flags.DEFINE_float("consistency_factor", 20.0, "k: weight of the KL consistency loss.", lower_bound=0.0)
+flags.DEFINE_float("meta_stepsize", 0.1, "Look-ahead step size.", lower_bound=0.0)
+flags.DEFINE_float("meta_momentum", 0.9, "Look-ahead momentum.", lower_bound=0.0, upper_bound=0.999)
+flags.DEFINE_float("grad_eps_init", 0.9, "lambda0: where the label-mix gradient is taken.",
+                   lower_bound=0.001, upper_bound=0.999)
+flags.DEFINE_float("clean_threshold", None, "Paper's threshold-T split (omega* < T/B is 'possibly mislabeled'); "
+                   "unset = reference behaviour (no split).", lower_bound=0.0)
+flags.DEFINE_bool("meta_stop_guess_gradient", False, "Stop the gradient through the guess in the look-ahead.")
+flags.DEFINE_float("ema_decay", 0.999, "EMA decay cap.", lower_bound=0.0, upper_bound=0.999999)
+
+# Network and optimisation.
+flags.DEFINE_string("network", None, "Network name (wrn28-10, wrn28-2, resnet29, resnet50, small_cnn, mlp); "
+                    "default depends on the data set.")
+flags.DEFINE_alias("network_name", "network")
+flags.DEFINE_float("weight_decay", None, "Override the network's L2 coefficient.", lower_bound=0.0)
+flags.DEFINE_alias("l2_weight_decay", "weight_decay")
+flags.DEFINE_integer("batch_size", 100, "Per-replica batch (train and probe).", lower_bound=1)
+flags.DEFINE_integer("val_batch_size", 100, "Evaluation batch per replica.", lower_bound=1)
+flags.DEFINE_integer("max_iteration", None, "Total training steps (default depends on the data set).",
+                     lower_bound=1)
+flags.DEFINE_integer("epochs", None, "Total epochs, when max_iteration is unset.", lower_bound=1)
+flags.DEFINE_alias("max_epoch", "epochs")
+flags.DEFINE_integer("eval_freq", None, "Steps between evaluations and checkpoints (default: one epoch).",
+                     lower_bound=1)
+flags.DEFINE_float("learning_rate", 0.1, "Base learning rate.", lower_bound=0.0)
+flags.DEFINE_enum("lr_schedule", "cosine", optim.SCHEDULES, "Learning-rate schedule (cosine = SGDR).")
+flags.DEFINE_integer("decay_steps", None, "First SGDR cycle / decay period in steps (default: one epoch).",
+                     lower_bound=1)
+flags.DEFINE_float("decay_rate", 0.1, "custom_step decay factor.", lower_bound=0.0)
+flags.DEFINE_float("cos_t_mul", 1.5, "SGDR period multiplier.", lower_bound=1.0)
+flags.DEFINE_float("cos_m_mul", 0.9, "SGDR peak multiplier.", lower_bound=0.0)
+flags.DEFINE_float("warmup_epochs", 0.0, "cosine_warmup: linear warm-up length in epochs.", lower_bound=0.0)
+flags.DEFINE_float("momentum", 0.9, "Optimizer momentum (TF1 semantics).", lower_bound=0.0, upper_bound=0.999)
+flags.DEFINE_enum("aug_type", "autoaug", ["autoaug", "randaug"], "Strong augmentation policy.")
+flags.DEFINE_integer("seed", 12345, "Seed of the split, the noise, the input order and the step's randomness.")
+flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step (auto: one device).")
+flags.DEFINE_string("mixed_precision", None, "Keras mixed precision policy, e.g. mixed_bfloat16.")
+
+# Run.
+flags.DEFINE_string("model_dir", "/tmp/ieg_tf/digits", "Run directory; a run resumes from its checkpoints.")
+flags.DEFINE_alias("checkpoint_path", "model_dir")
+flags.DEFINE_enum("strategy", "default", STRATEGIES, "Distribution strategy.")
+flags.DEFINE_alias("distribution_strategy", "strategy")
+flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu.")
+flags.DEFINE_string("export_dir", None, "Write a serving SavedModel of the EMA network here at the end.")
+flags.DEFINE_integer("keep_checkpoints", 4, "Checkpoints kept.", lower_bound=1)
+
+
+@flags.multi_flags_validator(["noise_type", "noise_file"], message="--noise_type=file needs --noise_file")
+def _noise_file_given(values):
+    return values["noise_type"] != "file" or bool(values["noise_file"])
+
+
+def configs_from_flags():
+    """(DataSpec, TrainerConfig, RunConfig) from FLAGS; raises ValueError for inconsistent values."""
+    f = FLAGS
+    data_spec = datasets.DataSpec(
+        dataset=f.dataset, data_dir=f.data_dir, download=f.download, probe_per_class=f.probe_per_class,
+        noise_type=f.noise_type, noise_ratio=f.noise_ratio, noise_file=f.noise_file, seed=f.seed,
+        train_dir=f.train_dir, test_dir=f.test_dir, probe_dir=f.probe_dir, train_list=f.train_list,
+        test_list=f.test_list, probe_list=f.probe_list, image_root=f.image_root, image_size=f.image_size,
+        skip_bad_images=f.skip_bad_images, array_file=f.array_file)
+    trainer_cfg = TrainerConfig(
+        method=f.method, ce_factor=f.ce_factor, consistency_factor=f.consistency_factor,
+        meta_stepsize=f.meta_stepsize, meta_momentum=f.meta_momentum, grad_eps_init=f.grad_eps_init,
+        clean_threshold=f.clean_threshold, ema_decay=f.ema_decay, seed=f.seed,
+        meta_stop_guess_gradient=f.meta_stop_guess_gradient)
+    run_cfg = RunConfig(
+        model_dir=f.model_dir, network=f.network, batch_size=f.batch_size, max_iteration=f.max_iteration,
+        epochs=f.epochs, eval_freq=f.eval_freq, learning_rate=f.learning_rate, lr_schedule=f.lr_schedule,
+        decay_steps=f.decay_steps, decay_rate=f.decay_rate, t_mul=f.cos_t_mul, m_mul=f.cos_m_mul,
+        warmup_epochs=f.warmup_epochs, momentum=f.momentum, aug_type=f.aug_type, val_batch_size=f.val_batch_size,
+        strategy=f.strategy, tpu=f.tpu, jit_compile={"auto": None, "true": True, "false": False}[f.jit_compile],
+        export_dir=f.export_dir, keep_checkpoints=f.keep_checkpoints, seed=f.seed,
+        mixed_precision=f.mixed_precision, weight_decay=f.weight_decay)
+    return data_spec, trainer_cfg, run_cfg
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
+    try:
+        data_spec, trainer_cfg, run_cfg = configs_from_flags()
+        train.run(run_cfg, trainer_cfg, data_spec=data_spec)
+    except (ValueError, train.NonFiniteLossError) as error:
+        # Bad input is reported in one line naming the problem and the fix, without a TensorFlow stack trace.
+        print(f"ieg_tf: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

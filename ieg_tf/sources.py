@@ -1,0 +1,415 @@
+"""Readers: files on disk (or tensors in memory) to clean-labelled arrays, before any probe split or noise.
+
+Image files are decoded with PIL at load when small (<= 64 px or --image_size <= 64) and otherwise kept as paths
+for the input pipeline to decode. An unreadable image is an error naming the file; with skip_bad (for scraped data
+sets with a few broken JPEGs) such files are skipped with one warning instead.
+"""
+
+import dataclasses
+import glob
+import os
+import pathlib
+import pickle
+import tarfile
+import warnings
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+SMALL_IMAGE_MAX = 64          # larger images stay on disk and get Inception crops in the pipeline
+DIGITS_TEST_FRACTION = 1 / 3
+SPLIT_SEED = 0                # fixed train/test splits (digits; folder/list sets without a test split)
+HELD_OUT_TEST_FRACTION = 0.2  # folder / list sets given without a test split
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+_DIGITS_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "digits.npz")
+_CIFAR = {  # name: (archive, extracted folder, train members, test member, meta member, label key, names key)
+    "cifar10": ("cifar-10-python.tar.gz", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
+                "test_batch", "batches.meta", b"labels", b"label_names"),
+    "cifar100": ("cifar-100-python.tar.gz", "cifar-100-python", ["train"], "test", "meta", b"fine_labels",
+                 b"fine_label_names"),
+}
+
+
+@dataclasses.dataclass
+class RawData:
+    """A data set as read: clean labels, no probe split, no noise."""
+    name: str
+    num_classes: int
+    class_names: list | None
+    image_shape: tuple
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    augment_kind: str
+    probe_images: np.ndarray | None = None  # a separate trusted set (e.g. ImageNet probe for WebVision)
+    probe_labels: np.ndarray | None = None
+
+
+def check_labels(labels, what, num_classes=None):
+    """Returns `labels` as int32 after checking they are integers in [0, num_classes)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iuf" or (labels.dtype.kind == "f" and not np.all(np.mod(labels, 1) == 0)):
+        raise ValueError(f"{what}: labels must be integers (class ids), got dtype {labels.dtype}")
+    if labels.ndim != 1:
+        raise ValueError(f"{what}: labels must be one id per example (1-D), got shape {labels.shape}")
+    bad = (labels < 0) | (labels >= num_classes if num_classes is not None else False)
+    if np.any(bad):
+        raise ValueError(f"{what}: label {labels[bad][0]} is out of range; class ids must be 0.."
+                         f"{'C-1' if num_classes is None else num_classes - 1}")
+    return labels.astype(np.int32)
+
+
+def check_images(images, what):
+    """Returns uint8 [N, H, W, C] images (a missing channel axis is added) or raises ValueError."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ValueError(f"{what}: images must be uint8 0..255, got {images.dtype}; convert with "
+                         "np.clip(np.round(x * 255), 0, 255).astype(np.uint8) for [0, 1] floats")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise ValueError(f"{what}: images must be [N, H, W, C], got shape {images.shape}")
+    return images
+
+
+def stratified_split(labels, fraction, rng):
+    """Splits indices per class: (rest, held), round(fraction * n_c) of each class held; at least 1 held, and
+    for fraction < 1 at least 1 left (so a held-out test split never empties a class)."""
+    rest, held = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n = max(1, int(round(len(idx) * fraction)))
+        n = min(n, len(idx) - 1) if fraction < 1 else n
+        held.append(idx[:n])
+        rest.append(idx[n:])
+    return np.sort(np.concatenate(rest)), np.sort(np.concatenate(held))
+
+
+def read_digits(data_dir=None):
+    """The embedded UCI digits (data/digits.npz): 8x8x1 uint8 rescaled 0..16 -> 0..255, fixed 2:1 split.
+
+    The train/test split uses the constant SPLIT_SEED, not the run's seed, so runs that differ only in their
+    noise seed are scored on the same test images.
+    """
+    path = os.path.join(data_dir, "digits.npz") if data_dir else _DIGITS_PATH
+    if not os.path.exists(path):
+        raise ValueError(f"digits data not found at {path}; it ships as data/digits.npz in the repository")
+    with np.load(path) as f:
+        images = np.rint(f["images"].astype(np.float64) * 255.0 / 16.0).astype(np.uint8)[..., None]
+        labels = check_labels(f["labels"], path, 10)
+    train, test = stratified_split(labels, DIGITS_TEST_FRACTION, np.random.default_rng(SPLIT_SEED))
+    return RawData("digits", 10, [str(d) for d in range(10)], (8, 8, 1), images[train], labels[train],
+                   images[test], labels[test], "small")
+
+
+def read_cifar(name, data_dir=None, download=False):
+    """CIFAR-10/100: the Toronto python archive (or its extracted folder) in data_dir, else tensorflow-datasets.
+
+    Args:
+      name: "cifar10" or "cifar100".
+      data_dir: folder holding cifar-10-python.tar.gz / cifar-100-python.tar.gz (or the extracted
+        cifar-10-batches-py / cifar-100-python folder), or a tfds data directory; None = tfds' default.
+      download: let tensorflow-datasets download and prepare the data. Without it, a missing copy fails at once.
+
+    Returns:
+      RawData with the training images in archive order (the order CIFAR-10N style label files index).
+    """
+    archive, folder = _CIFAR[name][:2]
+    for candidate in [os.path.join(data_dir, archive), os.path.join(data_dir, folder)] if data_dir else []:
+        if os.path.exists(candidate):
+            return read_cifar_archive(candidate, name)
+    return read_cifar_tfds(name, data_dir, download)
+
+
+def read_cifar_archive(path, name):
+    """Reads cifar-10-python.tar.gz / cifar-100-python.tar.gz (or the extracted folder) without tfds."""
+    _, _, train_members, test_member, meta_member, label_key, names_key = _CIFAR[name]
+    wanted = train_members + [test_member, meta_member]
+    if os.path.isdir(path):
+        contents = {m: pathlib.Path(path, m).read_bytes() for m in wanted if os.path.exists(os.path.join(path, m))}
+    else:
+        try:
+            with tarfile.open(path, "r:gz") as tar:
+                contents = {os.path.basename(m.name): tar.extractfile(m).read() for m in tar.getmembers()
+                            if m.isfile() and os.path.basename(m.name) in wanted}
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise ValueError(f"{path} is not a readable .tar.gz archive ({e}); download it again") from None
+    missing = [m for m in wanted if m not in contents]
+    if missing:
+        raise ValueError(f"{path} is not a complete {name} python archive: missing {missing}")
+
+    def load(member):  # the Toronto release is Python-2 pickles of numpy arrays and lists
+        try:
+            return pickle.loads(contents[member], encoding="bytes")
+        except Exception as e:  # pickle raises many types on corrupt input
+            raise ValueError(f"{path}: member {member} is not a CIFAR python pickle ({e!r})") from None
+
+    def split(members):
+        batches = [load(m) for m in members]
+        images = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = np.concatenate([np.asarray(b[label_key]) for b in batches])
+        return images.astype(np.uint8), check_labels(labels, path, 100 if name == "cifar100" else 10)
+    (train_x, train_y), (test_x, test_y) = split(train_members), split([test_member])
+    class_names = [n.decode() for n in load(meta_member)[names_key]]
+    return RawData(name, len(class_names), class_names, (32, 32, 3), train_x, train_y, test_x, test_y, "cifar")
+
+
+def read_cifar_tfds(name, data_dir=None, download=False):
+    """CIFAR via tensorflow-datasets.
+
+    With download=False the prepared copy (<data_dir>/<name>/<version>/dataset_info.json) is looked for first,
+    so a missing copy fails at once with a ValueError that says how to provide the data, instead of reaching
+    tfds' network code.
+    """
+    root = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+    if not download and not glob.glob(os.path.join(root, name, "*", "dataset_info.json")):
+        archive = _CIFAR[name][0]
+        raise ValueError(
+            f"{name} not found: no {archive} (or extracted {_CIFAR[name][1]}/) in data_dir={data_dir} and no "
+            f"prepared tensorflow-datasets copy under {os.path.join(root, name)}. Fix: put {archive} from "
+            f"https://www.cs.toronto.edu/~kriz/cifar.html into --data_dir, point --data_dir at a prepared tfds "
+            "directory, or pass --download on a machine with internet access.")
+    import tensorflow_datasets as tfds
+    try:
+        (train, test), info = tfds.load(name, split=["train", "test"], data_dir=root, download=download,
+                                        with_info=True)
+    except AssertionError as e:  # tfds' "could not find data in ..."
+        raise ValueError(f"{name}: tensorflow-datasets could not load {root} ({e}); prepare it again with "
+                         "--download or put the python archive into --data_dir") from None
+    train, test = _tfds_arrays(train), _tfds_arrays(test)
+    class_names = list(info.features["label"].names)
+    c = len(class_names)
+    order = _original_order(train["id"])
+    return RawData(name, c, class_names, tuple(train["image"].shape[1:]), train["image"][order],
+                   check_labels(train["label"][order], name, c), test["image"],
+                   check_labels(test["label"], name, c), "cifar")
+
+
+def _tfds_arrays(ds):
+    """A tfds split as a dict of numpy arrays (batched reads: tfds' batch_size=-1 needs exact split sizes)."""
+    import tensorflow_datasets as tfds
+    batches = list(tfds.as_numpy(ds.batch(4096)))
+    return {key: np.concatenate([b[key] for b in batches]) for key in ("image", "label", "id")}
+
+
+def _original_order(ids):
+    """tfds stores CIFAR shuffled; its ids ('train_16399') restore the archive order that noise files index."""
+    try:
+        index = np.array([int(i.decode().rsplit("_", 1)[1]) for i in ids])
+    except (ValueError, IndexError):
+        index = None
+    if index is None or not np.array_equal(np.sort(index), np.arange(len(ids))):
+        warnings.warn("tfds ids do not name archive positions; keeping tfds order (label files must follow it)")
+        return np.arange(len(ids))
+    return np.argsort(index)
+
+
+def read_npz(path, num_classes=None):
+    """An .npz with train_images, train_labels, test_images, test_labels [, probe_images, probe_labels]."""
+    if not path or not os.path.exists(path):
+        raise ValueError(f"arrays data set: file {path!r} not found; pass --array_file=data.npz")
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    required = ["train_images", "train_labels", "test_images", "test_labels"]
+    missing = [k for k in required + (["probe_labels"] if "probe_images" in arrays else []) if k not in arrays]
+    if missing:
+        raise ValueError(f"{path} lacks arrays {missing}")
+    train_x = check_images(arrays["train_images"], path)
+    train_y = check_labels(arrays["train_labels"], path)
+    c = num_classes or int(train_y.max(initial=0)) + 1
+    probe = arrays.get("probe_images")
+    return RawData(os.path.splitext(os.path.basename(path))[0], c, None, train_x.shape[1:], train_x, train_y,
+                   check_images(arrays["test_images"], path), check_labels(arrays["test_labels"], path),
+                   augment_kind_for(train_x.shape[1]), None if probe is None else check_images(probe, path),
+                   None if probe is None else check_labels(arrays["probe_labels"], path))
+
+
+def dataset_to_arrays(ds):
+    """Collects a tf.data.Dataset of (image, label) pairs or {'image', 'label'} dicts into numpy arrays.
+
+    Returns:
+      (uint8 images [N, H, W, C], int32 labels [N]); batched and unbatched data sets are both accepted.
+    """
+    images, labels = [], []
+    for element in ds.as_numpy_iterator():
+        image, label = (element["image"], element["label"]) if isinstance(element, dict) else element
+        images.append(np.asarray(image))
+        labels.append(np.atleast_1d(label))
+    if not images:
+        raise ValueError("the tf.data.Dataset is empty")
+    batched = np.ndim(labels[0]) == 1 and len(labels[0]) == len(images[0]) and images[0].ndim == 4
+    shapes = sorted({im.shape[1:] if batched else im.shape for im in images})
+    if len(shapes) > 1:
+        raise ValueError(f"tf.data.Dataset: images have different shapes {shapes[:3]}; resize them to one size "
+                         "(e.g. tf.image.resize in a map) first")
+    images = np.concatenate(images) if batched else np.stack(images)
+    return check_images(images, "tf.data.Dataset"), check_labels(np.concatenate(labels), "tf.data.Dataset")
+
+
+def read_label_file(path):
+    """Labels from .npy or .csv/.txt (one integer per line; a header line and leading columns are ignored)."""
+    ext = os.path.splitext(path)[1].lower()
+    if not os.path.exists(path):
+        raise ValueError(f"label file {path} not found")
+    if ext == ".npy":
+        return check_labels(np.load(path, allow_pickle=False), path)
+    if ext not in (".csv", ".txt"):
+        raise ValueError(f"label file {path}: use .npy or .csv (one label per original training example)")
+    with open(path) as f:
+        rows = [line.strip().replace(",", " ").split() for line in f if line.strip()]
+    if rows and not rows[0][-1].lstrip("-").isdigit():
+        rows = rows[1:]  # header
+    try:
+        return check_labels(np.array([int(r[-1]) for r in rows], np.int64), path)
+    except ValueError as e:
+        raise ValueError(f"label file {path}: every line must end with an integer label ({e})") from None
+
+
+def augment_kind_for(height):
+    """The ieg_tf.augment kind for in-memory images of this height: "small" up to 16 px, else "cifar"."""
+    return "small" if height <= 16 else "cifar"
+
+
+def read_folder(directory, class_names=None):
+    """Paths and labels of directory/<class_name>/*.png|jpg; classes are the sorted sub-directory names."""
+    if not directory or not os.path.isdir(directory):
+        raise ValueError(f"image folder {directory!r} does not exist")
+    found = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
+    if not found:
+        raise ValueError(f"no class sub-directories in {directory}; expected {directory}/<class_name>/*.png|jpg")
+    unknown = [d for d in found if class_names is not None and d not in class_names]
+    if unknown:
+        raise ValueError(f"{directory} has classes {unknown} that the training folder does not have")
+    names = class_names or found
+    paths, labels = [], []
+    for d in found:
+        files = sorted(f for f in os.listdir(os.path.join(directory, d)) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not files and class_names is None:
+            raise ValueError(f"class '{d}' in {directory} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+        paths += [os.path.join(directory, d, f) for f in files]
+        labels += [names.index(d)] * len(files)
+    return paths, np.array(labels, np.int32), names
+
+
+def read_list(list_file, image_root=None):
+    """Paths and labels from lines 'relative/path.jpg,label' or 'relative/path.jpg label' (WebVision style)."""
+    if not list_file or not os.path.exists(list_file):
+        raise ValueError(f"list file {list_file!r} not found")
+    root = image_root or os.path.dirname(os.path.abspath(list_file))
+    paths, labels = [], []
+    with open(list_file) as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.rsplit(",", 1) if "," in line else line.rsplit(None, 1)
+            if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
+                if number == 1 and len(parts) == 2 and parts[1].strip().isalpha():
+                    continue  # header such as 'path,label'
+                raise ValueError(f"{list_file} line {number}: expected 'path,label' with an integer label, "
+                                 f"got {line!r}")
+            paths.append(os.path.join(root, parts[0].strip()))
+            labels.append(int(parts[1]))
+    if not paths:
+        raise ValueError(f"list file {list_file} names no images")
+    return paths, check_labels(np.array(labels), list_file)
+
+
+def image_dataset(name, train, test, num_classes, class_names, image_size=None, probe=None, skip_bad=False):
+    """RawData from (paths, labels) pairs of image files.
+
+    Args:
+      name: data set name.
+      train, test, probe: (paths, labels) pairs; test=None holds out a stratified 20% of train (fixed seed);
+        probe (optional) is a separate trusted set, e.g. the ImageNet probe of WebVision.
+      num_classes, class_names: C and the names (or None).
+      image_size, skip_bad: as in `load_images`.
+    """
+    if test is None:
+        warnings.warn(f"{name}: no test split given; holding out {HELD_OUT_TEST_FRACTION:.0%} of the training "
+                      "images (stratified, fixed seed) for evaluation")
+        rest, held = stratified_split(train[1], HELD_OUT_TEST_FRACTION, np.random.default_rng(SPLIT_SEED))
+        test = ([train[0][i] for i in held], train[1][held])
+        train = ([train[0][i] for i in rest], train[1][rest])
+    parts = [train, test] + ([probe] if probe is not None else [])
+    images, kept = load_images([p for paths, _ in parts for p in paths], image_size, name, skip_bad)
+    labels = np.concatenate([labels for _, labels in parts])[kept]
+    ends = np.cumsum([len(paths) for paths, _ in parts])
+    part = np.searchsorted(ends, kept, side="right")  # which of train / test / probe each kept file is from
+    shape = (image_size, image_size, 3) if images.dtype.kind == "U" else images.shape[1:]
+    kind = "imagenet" if images.dtype.kind == "U" else augment_kind_for(shape[0])
+    select = [(images[part == i], labels[part == i]) for i in range(len(parts))]
+    return RawData(name, num_classes, class_names, tuple(int(d) for d in shape), *select[0], *select[1], kind,
+                   *(select[2] if probe is not None else (None, None)))
+
+
+def load_images(paths, image_size=None, what="images", skip_bad=False):
+    """Decodes image files into uint8 [N, S, S, C], or keeps them as paths when the images are large.
+
+    Args:
+      paths: image file paths.
+      image_size: None (keep the native size, which must be one size <= 64), <= 64 (decode and resize to
+        image_size x image_size), or larger (keep paths; the pipeline decodes and crops to image_size).
+      what: name for messages.
+      skip_bad: skip unreadable files with one warning (scraped data sets) instead of raising.
+
+    Returns:
+      (uint8 images [M, S, S, C] or str paths [M], int indices of the M readable files among `paths`).
+      C is 1 when every image is greyscale, else 3.
+
+    Raises:
+      ValueError: an unreadable file (unless skip_bad), images of mixed or large sizes without image_size,
+        or no readable image at all.
+    """
+    keep_paths = image_size is not None and image_size > SMALL_IMAGE_MAX
+    headers, bad = {}, []
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as im:
+                headers[i] = (im.size, im.mode)
+                if keep_paths:
+                    im.verify()  # catches truncated files now rather than mid-training in the pipeline
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            bad.append(i)
+    _report_bad(paths, bad, what, skip_bad)
+    if image_size is None:
+        sizes = sorted({size for size, _ in headers.values()})
+        if len(sizes) > 1:
+            raise ValueError(f"{what}: images have different sizes ({', '.join(f'{w}x{h}' for w, h in sizes[:5])}"
+                             f"{', ...' if len(sizes) > 5 else ''}); pass --image_size=N to resize them to NxN "
+                             "(N <= 64 decodes into memory; e.g. 224 keeps files and uses Inception crops)")
+        if sizes and max(sizes[0]) > SMALL_IMAGE_MAX:
+            raise ValueError(f"{what}: images are {sizes[0][0]}x{sizes[0][1]}; pass --image_size (e.g. 224 for "
+                             f"Inception crops from the files, or <= {SMALL_IMAGE_MAX} to decode and resize)")
+    if keep_paths:
+        decoded = {i: paths[i] for i in headers}
+    else:
+        decoded, bad = {}, []
+        mode = "L" if all(m in _GRAY_MODES for _, m in headers.values()) else "RGB"
+        for i in headers:
+            try:
+                with Image.open(paths[i]) as im:
+                    im = im.convert(mode)
+                    if image_size is not None:
+                        im = im.resize((image_size, image_size), Image.BILINEAR)
+                    decoded[i] = np.asarray(im, np.uint8).reshape(im.size[1], im.size[0], -1)
+            except (OSError, ValueError, SyntaxError):
+                bad.append(i)
+        _report_bad(paths, bad, what, skip_bad)
+    if not decoded:
+        raise ValueError(f"{what}: no readable images among {len(paths)} files")
+    kept = np.array(sorted(decoded))
+    values = [decoded[i] for i in kept]
+    return (np.array(values) if isinstance(values[0], str) else np.stack(values)), kept
+
+
+def _report_bad(paths, bad, what, skip_bad):
+    if not bad:
+        return
+    first = ", ".join(paths[i] for i in sorted(bad)[:3])
+    if not skip_bad:
+        raise ValueError(f"{what}: {len(bad)} of {len(paths)} image file(s) cannot be read as images (first: "
+                         f"{first}); remove or replace them, or pass --skip_bad_images to skip them")
+    warnings.warn(f"{what}: skipped {len(bad)} unreadable image file(s) of {len(paths)}; first: {first}")

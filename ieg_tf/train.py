@@ -1,0 +1,211 @@
+"""A training run end to end: data, strategy, network, trainer, `fit` with resume, then the run's outputs.
+
+The run directory receives the split (noisy labels, probe ids), checkpoints, TensorBoard logs, results.json,
+label_issues.csv and plots. Starting the same command again resumes from the last checkpoint.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ieg_tf import checkpoints, datasets, distribute, export, networks, optim, pipeline, plots, report
+from ieg_tf.config import RunConfig, TrainerConfig
+from ieg_tf.model import IEGTrainer
+
+# Per data set: the default network and budget. CIFAR follows the reference (WRN-28-10, 200k steps at B = 100);
+# the embedded digits run is sized to finish in a few minutes on a 2-core CPU.
+DATASET_DEFAULTS = {
+    "digits": {"network": "small_cnn", "max_iteration": 1000},
+    "cifar10": {"network": "wrn28-10", "max_iteration": 200000},
+    "cifar100": {"network": "wrn28-10", "max_iteration": 200000},
+}
+GENERIC_DEFAULTS = {"network": "wrn28-10", "epochs": 200}
+RESULT_KEYS = ("dataset", "method", "network", "noise_type", "noise_ratio", "noise_rate_realized", "probe_size",
+               "train_examples", "steps", "epochs", "test_accuracy", "best_test_accuracy", "seconds",
+               "label_issue_precision", "label_issue_recall")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf; training stops without saving the broken weights."""
+
+
+class _Guard(keras.callbacks.Callback):
+    """Stops at max_iteration, refuses non-finite losses, and accumulates wall time across resumed sessions."""
+
+    def __init__(self, max_iteration, model_dir, seconds_before):
+        super().__init__()
+        self.max_iteration, self.model_dir = max_iteration, model_dir
+        self.start, self.seconds_before = time.time(), seconds_before
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the training loss became {loss} at step {step}; nothing after the last checkpoint in "
+                f"{self.model_dir} was saved. Lower --learning_rate or check the input data, then run again")
+        if step >= self.max_iteration:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["seconds"] = self.seconds_before + time.time() - self.start
+
+
+def check_writable(model_dir):
+    """Creates model_dir and proves it writable, or raises a ValueError naming it."""
+    try:
+        tf.io.gfile.makedirs(model_dir)
+        probe = os.path.join(model_dir, ".write_test")
+        with tf.io.gfile.GFile(probe, "w") as f:
+            f.write("ok")
+        tf.io.gfile.remove(probe)
+    except (OSError, tf.errors.OpError) as error:
+        raise ValueError(f"--model_dir {model_dir} is not writable ({error.__class__.__name__}); "
+                         "choose a directory you can write to") from None
+
+
+def resolve(run_cfg, data):
+    """Fills the data-set dependent defaults: network, total steps, evaluation period, decay steps."""
+    defaults = DATASET_DEFAULTS.get(data.name, GENERIC_DEFAULTS)
+    network = run_cfg.network or defaults["network"]
+    iter_epoch = max(len(data.train_labels) // run_cfg.batch_size, 1)
+    if run_cfg.max_iteration is not None:
+        max_iteration = run_cfg.max_iteration
+    elif run_cfg.epochs is not None:
+        max_iteration = run_cfg.epochs * iter_epoch
+    else:
+        max_iteration = defaults.get("max_iteration") or defaults["epochs"] * iter_epoch
+    return dataclasses.replace(run_cfg, network=network, max_iteration=max_iteration,
+                               eval_freq=min(run_cfg.eval_freq or iter_epoch, max_iteration),
+                               decay_steps=run_cfg.decay_steps or iter_epoch), iter_epoch
+
+
+def build_trainer(run_cfg, trainer_cfg, data, network=None):
+    """The network (by name unless given), the trainer, and its optimizer with the schedule."""
+    if network is None:
+        network = networks.build_network(run_cfg.network, data.num_classes, data.image_shape,
+                                         weight_decay=run_cfg.weight_decay)
+        spec = network.network_spec
+        trainer_cfg = dataclasses.replace(trainer_cfg, weight_decay=spec.weight_decay,
+                                          decay_kernels_only=spec.decay_kernels_only)
+    trainer = IEGTrainer(network, data.num_classes, trainer_cfg, num_train_examples=len(data.train_labels))
+    schedule = optim.make_schedule(
+        run_cfg.lr_schedule, run_cfg.learning_rate, decay_steps=run_cfg.decay_steps,
+        max_iteration=run_cfg.max_iteration, t_mul=run_cfg.t_mul, m_mul=run_cfg.m_mul,
+        decay_rate=run_cfg.decay_rate, boundaries=(), warmup_steps=int(run_cfg.warmup_epochs * run_cfg.decay_steps))
+    return trainer, schedule
+
+
+def run(run_cfg: RunConfig, trainer_cfg: TrainerConfig, data_spec=None, data=None):
+    """Trains (or resumes) and writes the run's outputs.
+
+    Args:
+      run_cfg: RunConfig.
+      trainer_cfg: TrainerConfig (weight decay is taken from the network's spec when the network is built here).
+      data_spec: DataSpec to load; or
+      data: an already loaded NoisyData.
+
+    Returns:
+      The results dict also written to results.json.
+    """
+    check_writable(run_cfg.model_dir)
+    if run_cfg.network:
+        networks.get_spec(run_cfg.network)  # an unknown name fails before the data are read
+    data = data if data is not None else datasets.load_dataset(data_spec)
+    split_dir = os.path.join(run_cfg.model_dir, "split")
+    if tf.io.gfile.exists(os.path.join(split_dir, "split.json")):
+        datasets.check_split(data, split_dir)
+    run_cfg, iter_epoch = resolve(run_cfg, data)
+    if run_cfg.mixed_precision:
+        keras.mixed_precision.set_global_policy(run_cfg.mixed_precision)
+    strategy = distribute.make_strategy(run_cfg.strategy, run_cfg.tpu)
+    chief = distribute.is_chief(strategy)
+    if chief:
+        datasets.save_split(data, split_dir)
+    replicas = strategy.num_replicas_in_sync
+    jit = run_cfg.jit_compile if run_cfg.jit_compile is not None else replicas == 1
+    with strategy.scope():
+        trainer, schedule = build_trainer(run_cfg, trainer_cfg, data)
+        trainer.compile(optimizer=optim.TF1Momentum(schedule, momentum=run_cfg.momentum), jit_compile=jit)
+    ckpt_dir = os.path.join(run_cfg.model_dir, "checkpoints")
+    if not chief:  # every worker must save (collective ops); only the chief's copy is kept
+        ckpt_dir = os.path.join(run_cfg.model_dir, f"worker_tmp_{strategy.cluster_resolver.task_id}")
+    saver = checkpoints.RunCheckpoint(trainer, ckpt_dir, run_cfg.keep_checkpoints)
+    start_step, history = saver.restore()
+    if start_step < run_cfg.max_iteration:
+        _fit(trainer, strategy, data, run_cfg, start_step, history, saver)
+    results = _results(trainer, data, run_cfg, iter_epoch, history)
+    if chief:
+        _write_outputs(trainer, data, run_cfg, results, history)
+    print(summary_line(results), flush=True)
+    return results
+
+
+def _fit(trainer, strategy, data, run_cfg, start_step, history, saver):
+    cfg = trainer.config
+    replicas = strategy.num_replicas_in_sync
+    epochs = -(-run_cfg.max_iteration // run_cfg.eval_freq)
+    seconds_before = history[-1].get("seconds", 0.0) if history else 0.0
+    callbacks = [_Guard(run_cfg.max_iteration, run_cfg.model_dir, seconds_before),
+                 checkpoints.CheckpointCallback(saver, history),
+                 keras.callbacks.TensorBoard(os.path.join(run_cfg.model_dir, "logs"))]
+    options = dict(strong=cfg.method == "ieg", seed=run_cfg.seed, start_step=start_step,
+                   augment_policy=run_cfg.aug_type)
+    eval_ds = pipeline.eval_dataset(data, run_cfg.val_batch_size * replicas)
+    common = dict(epochs=epochs, steps_per_epoch=run_cfg.eval_freq, initial_epoch=start_step // run_cfg.eval_freq,
+                  callbacks=callbacks, verbose=1 if distribute.is_chief(strategy) else 0)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        train_ds = pipeline.distributed_train_dataset(strategy, data, run_cfg.batch_size * replicas, **options)
+        distribute.custom_fit(trainer, strategy, train_ds,
+                              validation_data=strategy.experimental_distribute_dataset(eval_ds), **common)
+    else:
+        train_ds = pipeline.train_dataset(data, run_cfg.batch_size * replicas, **options)
+        trainer.fit(train_ds, validation_data=eval_ds, **common)
+
+
+def _results(trainer, data, run_cfg, iter_epoch, history):
+    steps = int(trainer.optimizer.iterations.numpy())
+    accuracies = [h["val_accuracy"] for h in history if "val_accuracy" in h]
+    return {
+        "dataset": data.name, "method": trainer.config.method, "network": run_cfg.network,
+        "noise_type": data.noise_type, "noise_ratio": data.noise_ratio,
+        "noise_rate_realized": data.noise_rate_realized, "probe_size": int(len(data.probe_labels)),
+        "train_examples": int(len(data.train_labels)), "steps": steps, "epochs": round(steps / iter_epoch, 3),
+        "test_accuracy": accuracies[-1] if accuracies else None,
+        "best_test_accuracy": max(accuracies) if accuracies else None,
+        "seconds": round(history[-1].get("seconds", 0.0), 1) if history else 0.0,
+        "label_issue_precision": None, "label_issue_recall": None,
+    }
+
+
+def _write_outputs(trainer, data, run_cfg, results, history):
+    model_dir = run_cfg.model_dir
+    issues = report.report_for(trainer, data, batch_size=run_cfg.val_batch_size)
+    report.write_label_issues_csv(issues, os.path.join(model_dir, "label_issues.csv"))
+    results["label_issue_precision"], results["label_issue_recall"] = issues.precision, issues.recall
+    results["label_issues_flagged"] = int(np.sum(issues.label_believed_wrong))
+    with tf.io.gfile.GFile(os.path.join(model_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    if history:
+        plots.plot_accuracy({"val_accuracy": [h["val_accuracy"] for h in history]},
+                            os.path.join(model_dir, "test_accuracy.png"))
+    if issues.true_label is not None and np.any(issues.visits > 0):
+        plots.plot_omega_distribution(issues.omega_mean, issues.given_label, issues.true_label,
+                                      os.path.join(model_dir, "omega_distribution.png"), visits=issues.visits,
+                                      batch_size=run_cfg.batch_size)
+    if run_cfg.export_dir:
+        export.export_serving(trainer, run_cfg.export_dir, image_shape=data.image_shape)
+
+
+def summary_line(results):
+    """The one-line summary printed last."""
+    def fmt(value):
+        return "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+    return ("ieg_tf result: " + " ".join(f"{k}={fmt(results.get(k))}" for k in RESULT_KEYS))

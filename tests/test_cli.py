@@ -1,0 +1,136 @@
+"""The command line as users run it: a subprocess on the embedded digits data with few steps."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ieg_tf import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["--batch_size=32", "--val_batch_size=200", "--jit_compile=false", "--network=small_cnn"]
+
+
+def run_cli(*args, timeout=600):
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # FAST first: a flag given twice takes the last value, so the test's own flags win
+    return subprocess.run([sys.executable, "-m", "ieg_tf.main", *FAST, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def ieg_run(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("run")
+    export_dir = os.path.join(model_dir, "serving")
+    out = run_cli(f"--model_dir={model_dir}", "--max_iteration=6", "--eval_freq=3", f"--export_dir={export_dir}")
+    assert out.returncode == 0, out.stderr[-4000:]
+    return str(model_dir), export_dir, out
+
+
+def test_run_writes_results_report_plots_split_and_prints_the_summary_last(ieg_run):
+    model_dir, _, out = ieg_run
+    with open(os.path.join(model_dir, "results.json")) as f:
+        results = json.load(f)
+    for key in train.RESULT_KEYS:
+        assert key in results, key
+    assert results["dataset"] == "digits" and results["method"] == "ieg" and results["steps"] == 6
+    assert results["probe_size"] == 10 and results["noise_ratio"] == 0.8
+    assert 0.6 < results["noise_rate_realized"] < 0.85
+    assert 0.0 <= results["test_accuracy"] <= 1.0
+    assert results["best_test_accuracy"] >= results["test_accuracy"]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("ieg_tf result:") and "test_accuracy=" in last and "steps=6" in last
+    with open(os.path.join(model_dir, "label_issues.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == results["train_examples"]
+    assert {"id", "given_label", "suggested_label", "omega_mean", "pseudo_fraction", "label_believed_wrong",
+            "true_label"} <= set(rows[0])
+    for name in ("test_accuracy.png", "omega_distribution.png", "split/split.json", "split/noisy_labels.npy",
+                 "split/probe_ids.npy", "checkpoints/checkpoint", "checkpoints/history.json"):
+        assert os.path.exists(os.path.join(model_dir, name)), name
+    assert os.listdir(os.path.join(model_dir, "logs"))
+
+
+def test_exported_savedmodel_serves_uint8_images(ieg_run):
+    _, export_dir, _ = ieg_run
+    served = tf.saved_model.load(export_dir).signatures["serving_default"]
+    images = np.load(os.path.join(ROOT, "data", "digits.npz"))["images"][:5]
+    images = (images.astype(np.float32) * 255 / 16).round().astype(np.uint8)[..., None]
+    probs = served(images=tf.constant(images))["probabilities"].numpy()
+    assert probs.shape == (5, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_same_command_resumes_and_a_longer_budget_continues(ieg_run):
+    model_dir, _, _ = ieg_run
+    again = run_cli(f"--model_dir={model_dir}", "--max_iteration=6", "--eval_freq=3")
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "steps=6" in again.stdout.strip().splitlines()[-1]
+    assert "Epoch" not in again.stdout  # nothing left to train
+    longer = run_cli(f"--model_dir={model_dir}", "--max_iteration=9", "--eval_freq=3")
+    assert longer.returncode == 0, longer.stderr[-4000:]
+    with open(os.path.join(model_dir, "results.json")) as f:
+        results = json.load(f)
+    assert results["steps"] == 9
+    with open(os.path.join(model_dir, "checkpoints", "history.json")) as f:
+        assert [h["step"] for h in json.load(f)] == [3, 6, 9]
+
+
+@pytest.mark.parametrize("method", ["supervised", "l2r"])
+def test_other_methods_run_from_the_command_line(tmp_path, method):
+    out = run_cli(f"--model_dir={tmp_path}", f"--method={method}", "--max_iteration=2")
+    assert out.returncode == 0, out.stderr[-4000:]
+    with open(os.path.join(tmp_path, "results.json")) as f:
+        assert json.load(f)["method"] == method
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--noise_ratio=1.5"], "not a number in the range [0.0, 1.0]"),
+    (["--network=resnet1000"], "unknown network"),
+    (["--probe_per_class=500"], "probe"),
+    (["--noise_type=file"], "needs --noise_file"),
+    (["--dataset=cifar10", "--noise_type=asymmetric", "--max_iteration=1"], "cifar10"),
+    (["--method=mentornet"], "method"),
+])
+def test_bad_flags_fail_with_one_line_reasons(tmp_path, args, message):
+    out = run_cli(f"--model_dir={tmp_path}", *args)
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    assert message in out.stderr, out.stderr[-2000:]
+
+
+def test_missing_cifar_fails_fast_without_download(tmp_path):
+    start = time.time()
+    out = run_cli(f"--model_dir={tmp_path}", "--dataset=cifar100", f"--data_dir={tmp_path}")
+    assert time.time() - start < 120
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "cifar100 not found" in out.stderr and "--download" in out.stderr
+
+
+def test_unwritable_model_dir_is_reported(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = run_cli(f"--model_dir={blocker}/run")
+    assert out.returncode == 2 and "not writable" in out.stderr
+
+
+def test_every_flagfile_parses_into_valid_configs():
+    from absl import flags
+    from ieg_tf import main
+    folder = os.path.join(ROOT, "flags")
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".cfg"))
+    assert len(files) >= 25
+    for name in files:
+        text = open(os.path.join(folder, name)).read()
+        assert text.startswith("# ") and "Expected" in text, name
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["ieg_tf", f"--flagfile={os.path.join(folder, name)}"])
+        data_spec, trainer_cfg, run_cfg = main.configs_from_flags()
+        assert run_cfg.max_iteration == 200000 or name == "digits_default.cfg"
+    flags.FLAGS.unparse_flags()
