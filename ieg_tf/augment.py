@@ -11,16 +11,17 @@ Kinds:
   `policy="randaug"`: two ops and levels shared by the batch instead (autoaugment.randaugment).
 * "small" (8x8 grey digits; this project's choice, not in the reference): pad 1 (crop offsets 0..2 weak, 0..1
   strong), no flip (a mirrored digit is another symbol or none), cutout 4. In the policies, translations and the
-  in-policy cutout scale with width / 32 (translate at most 2 px, in-policy cutout at most 4 px); angles, shears
-  and colour magnitudes are unchanged.
+  in-policy cutout scale with width / 32 (translate int(0.25 L) px, at most 2; in-policy cutout side at most 2 px);
+  angles, shears and colour magnitudes are unchanged.
 * "imagenet" (WebVision): weak = Inception crop of each image resized back to the batch's H x W, then flip.
   Strong = TF ImageNet AutoAugment 'v0' per image (translate_const 250 and cutout_const 100 scaled by width / 224,
   empty pixels 128), then a 16x16 cutout filled with 0; no second crop or flip, as the reference. Pipelines that
   already ran `inception_crop` on each decoded image pass `inception_crop=False`.
 
 XLA: `weak` (every kind) and `strong` with policy "none" compile under `tf.function(jit_compile=True)`. The
-AutoAugment / RandAugment strong views do not, because rotate / shear / translate use
-`tf.raw_ops.ImageProjectiveTransformV3`, which has no XLA kernel; they run in `tf.data` or a plain `tf.function`.
+AutoAugment / RandAugment strong views do not: rotate / shear / translate use `tf.raw_ops.ImageProjectiveTransformV3`,
+which has no XLA kernel, and the batch is partitioned by op (data-dependent shapes). They run in `tf.data` (the
+intended place) or a plain `tf.function`.
 """
 
 import math
@@ -68,13 +69,13 @@ def crop_and_flip(x, pad, max_offset, flip, seed, fill=0.0):
     out = tf.gather(x, tf.clip_by_value(rows, 0, shape[1] - 1), axis=1, batch_dims=1)
     out = tf.gather(out, tf.clip_by_value(cols, 0, shape[2] - 1), axis=2, batch_dims=1)
     valid = ((rows >= 0) & (rows < shape[1]))[:, :, None] & ((cols >= 0) & (cols < shape[2]))[:, None, :]
-    return tf.where(valid[..., None], out, fill)
+    return image_ops.select(valid[..., None], out, fill)
 
 
 def _cutout(x, size, seed):
     shape = tf.shape(x)
     mask = image_ops.cutout_mask(shape, autoaugment.random_centres(shape, seed), tf.fill([shape[0]], size))
-    return tf.where(mask, 0.0, x)
+    return image_ops.select(mask, 0.0, x)
 
 
 def _inception_boxes(height, width, batch, seed, attempts=10, fallback=224 / 256):
@@ -209,7 +210,8 @@ class Augmenter:
 
     def strong(self, weak_images, seed):
         """Weak float32 batch -> float32 [-1, 1], same shape: policy, then pad-crop, flip, cutout (see module)."""
-        x = weak_images = self._check(weak_images, tf.float32, "Augmenter.strong")
+        weak_images = self._check(weak_images, tf.float32, "Augmenter.strong")
+        x = weak_images
         policy_seed, crop_seed, cutout_seed = _split(seed, 3)
         if self.policy != "none":
             pixels = tf.cast(to_uint8(x), tf.float32)
@@ -222,7 +224,7 @@ class Augmenter:
                 policies = autoaugment.IMAGENET_POLICY_V0 if imagenet else autoaugment.CIFAR_POLICIES
                 pixels, empty = autoaugment.autoaugment(pixels, policy_seed, policies, flavor)
             # ensure_shape: the per-op partition loses the static batch size that TPU input pipelines need.
-            x = tf.ensure_shape(tf.where(empty, 0.0, to_float(pixels)), weak_images.shape)
+            x = tf.ensure_shape(image_ops.select(empty, 0.0, to_float(pixels)), weak_images.shape)
         strong_flip = self.flip and self.kind != "imagenet"
         if self.pad or strong_flip:
             # zero_pad_and_crop of the reference draws offsets randint(0, 2 * pad), i.e. 0..2 * pad - 1 (SPEC 8.9).

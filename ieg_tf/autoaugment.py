@@ -139,7 +139,7 @@ def imagenet_flavor(width):
 
 
 def _arguments(level, flavor):
-    """Per-image op arguments (float32 [B] each) for levels [B]."""
+    """Per-image op arguments [B] for levels [B]: float64 for the geometry, float32 for the rest."""
     level = tf.cast(level, tf.float64)
 
     def scaled(maxval):
@@ -183,7 +183,7 @@ def _affine(coeffs_fn):
 
 def _cutout(x, empty, arg):
     mask = ops.cutout_mask(tf.shape(x), arg["centre"], tf.cast(arg["cutout"], tf.int32))
-    return tf.where(mask, tf.constant(_CUTOUT_RGB[:x.shape[-1]]), x), empty | mask
+    return ops.select(mask, tf.constant(_CUTOUT_RGB[:x.shape[-1]]), x), empty | mask
 
 
 _OP_FNS = {
@@ -241,7 +241,7 @@ def apply_step(x, empty, op, level, apply, seed, flavor):
     x = tf.dynamic_stitch(index, [out for out, _ in outs])
     empty = tf.dynamic_stitch(index, [e for _, e in outs])
     if not flavor.pil:
-        x = tf.where(empty, 128.0, x)
+        x = ops.select(empty, 128.0, x)
         empty = tf.zeros_like(empty)
     return x, empty
 

@@ -11,11 +11,9 @@ Conventions of the public ops:
 * Colour ops use PIL's arithmetic: grey = (19595 R + 38470 G + 7471 B + 32768) >> 16, blends are computed in
   float32 and truncated, equalize and autocontrast build PIL's look-up tables.
 
-Only ImageProjectiveTransformV3 (rotate, shear, translate) lacks an XLA kernel; every other op here compiles under
-`tf.function(jit_compile=True)`.
-
-The `*_lut` builders and `apply_lut`, `warp`, `blend` work on float32 batches and serve `autoaugment.py`, which
-applies a different op to each image of a batch without control flow.
+Only ImageProjectiveTransformV3 (rotate, shear, translate) lacks an XLA kernel; everything else here compiles under
+`tf.function(jit_compile=True)`. The `*_lut`, `*_coeffs`, `warp`, `blend`, `smooth` helpers take float32 batches
+with per-image magnitudes [B]; `autoaugment.py` builds the policies from them.
 """
 
 import math
@@ -44,6 +42,13 @@ def as_batch(images):
         return y
 
     return x, restore
+
+
+def select(mask, a, b):
+    """`tf.where(mask, a, b)` for finite float images, as a*m + b*(1-m) (exact for m in {0, 1}): on CPU, SelectV2
+    with broadcasting is several times slower than this arithmetic."""
+    m = tf.cast(mask, tf.float32)
+    return a * m + b * (1.0 - m)
 
 
 def per_image(value, x, dtype=tf.float32):
@@ -246,8 +251,7 @@ def smooth(x):
     rows = x[:, :-2] + x[:, 1:-1] + x[:, 2:]
     box = rows[:, :, :-2] + rows[:, :, 1:-1] + rows[:, :, 2:]
     inner = tf.floor((box + 4.0 * x[:, 1:-1, 1:-1]) / 13.0 + 0.5)      # sums of integers: exact in float32
-    pad = [[0, 0], [1, 1], [1, 1], [0, 0]]
-    return tf.where(tf.pad(tf.ones_like(inner, tf.bool), pad), tf.pad(inner, pad), x)
+    return x + tf.pad(inner - x[:, 1:-1, 1:-1], [[0, 0], [1, 1], [1, 1], [0, 0]])     # integers: exact
 
 
 def sharpness(images, factor):
@@ -269,11 +273,6 @@ def posterize(images, bits):
 def solarize(images, threshold=128):
     """Inverts every value >= `threshold` (PIL `ImageOps.solarize`)."""
     return _lut_op(images, lambda x: solarize_lut(per_image(threshold, x)))
-
-
-def solarize_add(images, addition, threshold=128):
-    """Adds `addition` to values below `threshold`, clipped to 0..255 (TF AutoAugment)."""
-    return _lut_op(images, lambda x: solarize_add_lut(per_image(addition, x), threshold))
 
 
 def contrast(images, factor):
@@ -323,4 +322,4 @@ def cutout(images, size, center, fill=0.0):
     x, restore = as_batch(images)
     center = tf.broadcast_to(tf.cast(center, tf.int32), [tf.shape(x)[0], 2])
     size = tf.cast(per_image(size, x), tf.int32)
-    return restore(tf.where(cutout_mask(tf.shape(x), center, size), tf.cast(fill, tf.float32), x))
+    return restore(select(cutout_mask(tf.shape(x), center, size), tf.cast(fill, tf.float32), x))

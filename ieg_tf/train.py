@@ -120,17 +120,19 @@ def run(run_cfg: RunConfig, trainer_cfg: TrainerConfig, data_spec=None, data=Non
         networks.get_spec(run_cfg.network)  # an unknown name fails before the data are read
     data = data if data is not None else datasets.load_dataset(data_spec)
     split_dir = os.path.join(run_cfg.model_dir, "split")
-    if tf.io.gfile.exists(os.path.join(split_dir, "split.json")):
+    resuming = tf.io.gfile.exists(os.path.join(split_dir, "split.json"))
+    if resuming:
         datasets.check_split(data, split_dir)
     run_cfg, iter_epoch = resolve(run_cfg, data)
     if run_cfg.mixed_precision:
         keras.mixed_precision.set_global_policy(run_cfg.mixed_precision)
     strategy = distribute.make_strategy(run_cfg.strategy, run_cfg.tpu)
     chief = distribute.is_chief(strategy)
-    if chief:
-        datasets.save_split(data, split_dir)
+    if chief and not resuming:
+        _save_split_atomically(data, split_dir)
     replicas = strategy.num_replicas_in_sync
     jit = run_cfg.jit_compile if run_cfg.jit_compile is not None else replicas == 1
+    keras.utils.set_random_seed(run_cfg.seed)  # the initial weights: a fresh run is a function of the seed
     with strategy.scope():
         trainer, schedule = build_trainer(run_cfg, trainer_cfg, data)
         trainer.compile(optimizer=optim.TF1Momentum(schedule, momentum=run_cfg.momentum), jit_compile=jit)
@@ -146,6 +148,17 @@ def run(run_cfg: RunConfig, trainer_cfg: TrainerConfig, data_spec=None, data=Non
         _write_outputs(trainer, data, run_cfg, results, history)
     print(summary_line(results), flush=True)
     return results
+
+
+def _save_split_atomically(data, split_dir):
+    """Writes the split into a scratch directory, then renames it: a kill never leaves a half-written split."""
+    scratch = split_dir + ".partial"
+    if tf.io.gfile.exists(scratch):
+        tf.io.gfile.rmtree(scratch)
+    if tf.io.gfile.exists(split_dir):  # an earlier, interrupted rename attempt cannot leave one; a user's copy can
+        tf.io.gfile.rmtree(split_dir)
+    datasets.save_split(data, scratch)
+    tf.io.gfile.rename(scratch, split_dir)
 
 
 def _fit(trainer, strategy, data, run_cfg, start_step, history, saver):

@@ -1,0 +1,107 @@
+"""Bad runs fail clearly and early; numerically hard cases stay finite (issue 5)."""
+
+import dataclasses
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tinydata
+from ieg_tf import datasets, train
+from ieg_tf.config import RunConfig, TrainerConfig
+from ieg_tf.model import IEGTrainer
+
+TINY = RunConfig(network="small_cnn", batch_size=32, val_batch_size=300, max_iteration=3, eval_freq=3,
+                 jit_compile=False)
+
+
+def _arrays(num_classes, n=60, seed=0, noise_ratio=0.5):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8)
+    labels = (np.arange(n) % num_classes).astype(np.int32)
+    return datasets.from_arrays(images, labels, images[:20], labels[:20], probe_per_class=1, noise_type="uniform",
+                                noise_ratio=noise_ratio)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = dataclasses.replace(TINY, model_dir=str(tmp_path), learning_rate=1e30, max_iteration=12)
+    with pytest.raises(train.NonFiniteLossError, match=r"at step \d+"):
+        train.run(cfg, TrainerConfig(method="supervised"), data=_arrays(4))
+    assert not os.path.exists(tmp_path / "results.json")
+    latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+    if latest is not None:  # whatever was saved before the blow-up is finite
+        reader = tf.train.load_checkpoint(latest)
+        for name in reader.get_variable_to_shape_map():
+            value = reader.get_tensor(name)
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                assert np.all(np.isfinite(value)), name
+
+
+def test_checkpoint_of_another_network_or_class_count_is_refused(tmp_path):
+    train.run(dataclasses.replace(TINY, model_dir=str(tmp_path / "a")), TrainerConfig(method="supervised"),
+              data=_arrays(4))
+    with pytest.raises(ValueError, match="different network"):
+        train.run(dataclasses.replace(TINY, model_dir=str(tmp_path / "a"), network="mlp"),
+                  TrainerConfig(method="supervised"), data=_arrays(4))
+    train.run(dataclasses.replace(TINY, model_dir=str(tmp_path / "b")), TrainerConfig(method="supervised"),
+              data=_arrays(4))
+    os.remove(tmp_path / "b" / "split" / "split.json")  # get past the split check to reach the checkpoint
+    with pytest.raises(ValueError, match="number of classes"):
+        train.run(dataclasses.replace(TINY, model_dir=str(tmp_path / "b")), TrainerConfig(method="supervised"),
+                  data=_arrays(5))
+
+
+def test_resuming_with_other_data_or_noise_is_refused(tmp_path):
+    train.run(dataclasses.replace(TINY, model_dir=str(tmp_path)), TrainerConfig(method="supervised"),
+              data=_arrays(4))
+    with pytest.raises(ValueError, match="split differs"):
+        train.run(dataclasses.replace(TINY, model_dir=str(tmp_path)), TrainerConfig(method="supervised"),
+                  data=_arrays(4, noise_ratio=0.9))
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_ieg_run_stays_finite(tmp_path, policy):
+    try:
+        results = train.run(dataclasses.replace(TINY, model_dir=str(tmp_path), mixed_precision=policy,
+                                                max_iteration=4, eval_freq=2),
+                            TrainerConfig(method="ieg"), data=_arrays(4, n=80))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    with open(tmp_path / "checkpoints" / "history.json") as f:
+        history = json.load(f)
+    assert len(history) == 2
+    for entry in history:
+        for key in ("loss", "sup_loss", "mix_unl_loss", "kl_loss", "probe_loss", "val_loss"):
+            assert np.isfinite(entry[key]), (key, entry)
+    assert 0.0 <= results["test_accuracy"] <= 1.0
+
+
+def test_meta_step_is_finite_with_extreme_logits():
+    network = tinydata.mlp()
+    last = network.layers[-1]
+    last.kernel.assign(last.kernel * 1e4)
+    trainer = IEGTrainer(network, 4, TrainerConfig(method="ieg"))
+    trainer.compile()
+    x, noisy, true, centers = tinydata.blobs(per_class=8)
+    batch = next(iter(tinydata.train_dataset(x, noisy, true, *tinydata.probe(centers), batch_size=16)))
+    step = trainer.compute_gradients(batch, trainer.step_seed())
+    assert all(np.all(np.isfinite(g)) for g in step.grads)
+    assert all(np.all(np.isfinite(v[0])) for v in step.logs.values())
+    omega, lam, guess = step.per_example
+    assert np.all(np.isfinite(omega)) and np.all(np.isfinite(guess))
+
+
+def test_all_zero_omega_gives_a_finite_step():
+    trainer = IEGTrainer(tinydata.mlp(), 4, TrainerConfig(method="l2r"))
+    trainer.compile()
+    x, noisy, true, centers = tinydata.blobs(per_class=8)
+    batch = next(iter(tinydata.train_dataset(x, noisy, true, *tinydata.probe(centers), batch_size=16)))
+    # A probe labelled against every training label makes the weights of this batch all zero or near it;
+    # whatever the split, the step must stay finite.
+    batch = {**batch, "probe_label": (batch["probe_label"] + 1) % 4}
+    step = trainer.compute_gradients(batch, trainer.step_seed())
+    assert np.all(np.isfinite(step.per_example[0]))
+    assert all(np.all(np.isfinite(g)) for g in step.grads)

@@ -1,0 +1,121 @@
+"""Crash and resume: a run killed with SIGKILL at arbitrary points and restarted with the same command ends with
+the weights of an uninterrupted run; the same seed gives the same run, another seed a different one."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARGS = ["--batch_size=32", "--val_batch_size=300", "--jit_compile=false", "--max_iteration=12", "--eval_freq=3"]
+pytestmark = pytest.mark.slow
+
+
+def _command(model_dir, *extra):
+    return [sys.executable, "-m", "ieg_tf.main", *ARGS, f"--model_dir={model_dir}", *extra]
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _run(model_dir, *extra):
+    out = subprocess.run(_command(model_dir, *extra), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
+def _final_state(model_dir):
+    path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    assert path is not None and path.endswith("ckpt-12"), path
+    reader = tf.train.load_checkpoint(path)
+    names = sorted(n for n in reader.get_variable_to_shape_map() if n.endswith("VARIABLE_VALUE"))
+    return {n: reader.get_tensor(n) for n in names}
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys() and len(a) > 10
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def _kill_when(model_dir, ready):
+    """Starts the run, waits until ready(checkpoint dir) holds (or a delay passes), then SIGKILLs it."""
+    process = subprocess.Popen(_command(model_dir), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    start = time.time()
+    while process.poll() is None and not ready(os.path.join(model_dir, "checkpoints"), time.time() - start):
+        time.sleep(0.05)
+    killed = process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return killed
+
+
+def _checkpoints(directory):
+    return {f.split(".")[0] for f in os.listdir(directory) if f.startswith("ckpt-")} if os.path.isdir(directory) \
+        else set()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("uninterrupted"))
+    _run(model_dir)
+    return _final_state(model_dir), model_dir
+
+
+KILL_POINTS = {
+    # during start-up, before any checkpoint exists
+    "startup": lambda d, t: t > 4.0,
+    # right after the first checkpoint files appear (possibly in the middle of writing them)
+    "first_save": lambda d, t: bool(_checkpoints(d)),
+    # after two checkpoints, mid-way through the next evaluation period
+    "mid_period": lambda d, t: "ckpt-6" in _checkpoints(d),
+}
+
+
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_sigkill_then_same_command_ends_with_the_uninterrupted_weights(reference, tmp_path, point):
+    state, _ = reference
+    model_dir = str(tmp_path)
+    killed = _kill_when(model_dir, KILL_POINTS[point])
+    assert killed, "the run finished before it could be killed; the test would prove nothing"
+    _run(model_dir)
+    _assert_same(state, _final_state(model_dir))
+
+
+def test_a_partial_checkpoint_left_by_a_crash_is_ignored(reference, tmp_path):
+    state, source = reference
+    model_dir = str(tmp_path)
+    _kill_when(model_dir, lambda d, t: "ckpt-6" in _checkpoints(d))
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    # A crash in the middle of writing the next save leaves data files that the index does not name.
+    for suffix in (".index", ".data-00000-of-00001"):
+        with open(os.path.join(model_dir, "checkpoints", "ckpt-9" + suffix), "wb") as f:
+            f.write(b"\x00garbage")
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")) == latest
+    _run(model_dir)
+    _assert_same(state, _final_state(model_dir))
+
+
+def test_same_seed_same_run_other_seed_different_run(reference, tmp_path):
+    state, source = reference
+    same, other = str(tmp_path / "same"), str(tmp_path / "other")
+    _run(same)
+    _assert_same(state, _final_state(same))
+    for name in ("noisy_labels.npy", "probe_ids.npy"):
+        np.testing.assert_array_equal(np.load(os.path.join(source, "split", name)),
+                                      np.load(os.path.join(same, "split", name)))
+    _run(other, "--seed=7")
+    assert not np.array_equal(np.load(os.path.join(source, "split", "noisy_labels.npy")),
+                              np.load(os.path.join(other, "split", "noisy_labels.npy")))
+    assert not np.array_equal(np.load(os.path.join(source, "split", "probe_ids.npy")),
+                              np.load(os.path.join(other, "split", "probe_ids.npy")))
+    different = _final_state(other)
+    assert any(not np.allclose(state[n], different[n]) for n in state if "kernel" in n)
