@@ -23,7 +23,9 @@ def make_strategy(name, tpu=None):
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        gpus = tf.config.list_logical_devices("GPU")
+        # On a CPU-only machine use every logical CPU (see --logical_cpus); by default TF mirrors over one CPU.
+        return tf.distribute.MirroredStrategy(None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")])
     if name == "multi_worker":
         config = json.loads(os.environ.get("TF_CONFIG", "{}"))
         if not config.get("cluster") or not config.get("task"):

@@ -88,6 +88,8 @@ flags.DEFINE_alias("distribution_strategy", "strategy")
 flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu.")
 flags.DEFINE_string("export_dir", None, "Write a serving SavedModel of the EMA network here at the end.")
 flags.DEFINE_integer("keep_checkpoints", 4, "Checkpoints kept.", lower_bound=1)
+flags.DEFINE_integer("logical_cpus", 0, "Split the CPU into this many logical devices (tests distribution on a "
+                     "CPU-only machine; 0 = leave as is).", lower_bound=0)
 
 
 @flags.multi_flags_validator(["noise_type", "noise_file"], message="--noise_type=file needs --noise_file")
@@ -123,6 +125,10 @@ def configs_from_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
+    if FLAGS.logical_cpus:
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.logical_cpus)
     try:
         data_spec, trainer_cfg, run_cfg = configs_from_flags()
         train.run(run_cfg, trainer_cfg, data_spec=data_spec)

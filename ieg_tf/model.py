@@ -83,6 +83,14 @@ class IEGTrainer(keras.Model):
         # it on a training batch (a dict the wrapped network does not take).
         self.built = True
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 under a strategy first averages a data batch over replicas (to build the model symbolically)
+        # and only then checks whether anything needs building; with an uneven last evaluation batch (599 test
+        # images over 2 replicas) that average fails. Everything here is built in __init__ and compile.
+        if self.built and self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     @property
     def metrics(self):
         return [*self.trackers.values(), self.eval_loss, self.eval_accuracy]

@@ -144,8 +144,12 @@ def run(run_cfg: RunConfig, trainer_cfg: TrainerConfig, data_spec=None, data=Non
     if start_step < run_cfg.max_iteration:
         _fit(trainer, strategy, data, run_cfg, start_step, history, saver)
     results = _results(trainer, data, run_cfg, iter_epoch, history)
+    # Every worker reads the per-example sums (a cross-worker reduction); only the chief writes files.
+    issues = report.report_for(trainer, data, batch_size=run_cfg.val_batch_size)
+    results["label_issue_precision"], results["label_issue_recall"] = issues.precision, issues.recall
+    results["label_issues_flagged"] = int(np.sum(issues.label_believed_wrong))
     if chief:
-        _write_outputs(trainer, data, run_cfg, results, history)
+        _write_outputs(trainer, data, run_cfg, results, history, issues)
     print(summary_line(results), flush=True)
     return results
 
@@ -198,12 +202,9 @@ def _results(trainer, data, run_cfg, iter_epoch, history):
     }
 
 
-def _write_outputs(trainer, data, run_cfg, results, history):
+def _write_outputs(trainer, data, run_cfg, results, history, issues):
     model_dir = run_cfg.model_dir
-    issues = report.report_for(trainer, data, batch_size=run_cfg.val_batch_size)
     report.write_label_issues_csv(issues, os.path.join(model_dir, "label_issues.csv"))
-    results["label_issue_precision"], results["label_issue_recall"] = issues.precision, issues.recall
-    results["label_issues_flagged"] = int(np.sum(issues.label_believed_wrong))
     with tf.io.gfile.GFile(os.path.join(model_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     if history:
