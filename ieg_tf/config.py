@@ -1,8 +1,10 @@
 """Frozen configuration objects. Library code takes these; only `main.py` reads absl FLAGS."""
 
 import dataclasses
+import numbers
 
 METHODS = ("ieg", "l2r", "supervised")
+META_GRAD_MODES = ("exact", "approx_vjp", "last_layer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +30,14 @@ class TrainerConfig:
       meta_stop_guess_gradient: stop the gradient through the guessed label in the look-ahead loss. The reference
         keeps it (SPEC 8.3); stopping it skips a second-order path through the strong-view forward.
       seed: base seed of the step's stateless randomness (MixUp, probe resampling), folded with step and replica.
+      meta_grad_mode: how ieg and l2r get d(probe loss)/d(omega, lambda) (`ieg_tf.meta`): "exact" (the look-ahead
+        through theta', SPEC 1.6; the only mode that reproduces the paper), "last_layer" (the look-ahead steps the
+        classifier, the last Dense layer, only; exact for a classifier-only network) or "approx_vjp" (first order
+        in meta_stepsize: the probe gradient at theta against the per-example training gradients, no look-ahead
+        forward).
+      meta_every: k >= 1; ieg and l2r solve omega*, lambda* on steps whose iteration is a multiple of k and reuse
+        them in between, by example id where the trainer knows N, else the last solved batch's means
+        (`ieg_tf.meta.MetaCache`). 1 = every step (the reference).
     """
 
     method: str = "ieg"
@@ -45,10 +55,18 @@ class TrainerConfig:
     sharpen_temperature: float = 0.5
     meta_stop_guess_gradient: bool = False
     seed: int = 12345
+    meta_grad_mode: str = "exact"
+    meta_every: int = 1
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method '{self.method}'; choose one of: {', '.join(METHODS)}")
+        if self.meta_grad_mode not in META_GRAD_MODES:
+            raise ValueError(f"unknown meta_grad_mode '{self.meta_grad_mode}'; choose one of: "
+                             f"{', '.join(META_GRAD_MODES)}")
+        if isinstance(self.meta_every, bool) or not isinstance(self.meta_every, numbers.Integral) or self.meta_every < 1:
+            raise ValueError(f"meta_every must be an int >= 1 (1 = solve omega*, lambda* every step), got "
+                             f"{self.meta_every!r}")
         for name in ("ce_factor", "consistency_factor", "meta_stepsize", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -1,25 +1,54 @@
 """The meta step: a look-ahead update of theta, its probe loss, and d(probe loss)/d(omega, lambda) (SPEC 1.6).
 
-Second-order gradients come from nested `tf.GradientTape`s: the inner tape gives G = d L_look / d theta as a
-function of (omega, lambda), the outer tape differentiates the probe loss at theta' = theta - eta (mu a + G)
-back to (omega, lambda). The look-ahead forward runs through `stateless_call`, so it uses theta' without
-touching the model's variables, and its BatchNorm statistics updates are discarded.
+Three ways to get the gradients (`TrainerConfig.meta_grad_mode`):
+* exact: nested `tf.GradientTape`s. The inner tape gives G = d L_look / d theta as a function of (omega, lambda);
+  the outer tape differentiates the probe loss at theta' = theta - eta (mu a + G) back to (omega, lambda). The
+  look-ahead forward runs through `stateless_call`, so it uses theta' without touching the model's variables, and
+  its BatchNorm statistics updates are discarded.
+* last_layer: the same, but only the classifier (the last Dense layer) takes the look-ahead step; every other
+  variable keeps its value in theta', so the second-order backward stops at the classifier (FSR's "level 0",
+  SPEC 6). Exact when the classifier is the network's only trainable layer.
+* approx_vjp: first order in eta, with no look-ahead forward. grad L_p(theta') = grad L_p(theta) + O(eta), so
+  d L_p(theta') / d omega_i = -eta <grad L_p(theta'), d G / d omega_i> ~ -eta <v, d G / d omega_i>, v = grad
+  L_p(theta): one probe forward/backward at theta, then the derivative along v of d L_look / d(omega, lambda) (a
+  forward-mode pass over the train batch: forward-over-backward, no second-order backward). The momentum term
+  eta mu a does not depend on (omega, lambda); it only moves the point where grad L_p is read, an O(eta) shift
+  this approximation drops. The probe loss and logits it reports are taken at theta.
+The rules that turn the gradients into omega* and lambda* (`losses.normalize_weights`, `binarize_label_mix`) are
+scale-free and read signs, so they apply to every mode unchanged.
+
+`MetaCache` keeps the solved omega*, lambda* by example id for `TrainerConfig.meta_every` > 1.
 """
 
 import contextlib
 import typing
 
+import keras
+import numpy as np
 import tensorflow as tf
 
 from ieg_tf import losses
+from ieg_tf.config import META_GRAD_MODES
+
+ZERO = tf.UnconnectedGradients.ZERO
 
 
 class MetaGradients(typing.NamedTuple):
     outputs: typing.Any          # what `forward_fn` returned (shared with the main loss, so computed once)
     grad_omega: tf.Tensor        # [B] d L_probe / d omega at omega0
     grad_lambda: tf.Tensor       # [B] d L_probe / d lambda at lambda0 (zeros if the look loss ignores lambda)
-    probe_logits: tf.Tensor      # [Bp, C] the probe batch's logits at theta'
+    probe_logits: tf.Tensor      # [Bp, C] the probe batch's logits at theta' (at theta for approx_vjp)
     probe_loss: tf.Tensor
+
+
+class MetaStep(typing.NamedTuple):
+    """omega*, lambda* of one training step, with the forward's outputs and the probe batch's figures."""
+    outputs: typing.Any    # what `forward_fn` returned
+    omega: tf.Tensor       # [B] omega*, stop-gradiented
+    label_mix: tf.Tensor   # [B] lambda*, stop-gradiented
+    probe_loss: tf.Tensor  # probe loss at theta' (theta for approx_vjp); 0 on a reuse step
+    probe_acc: tf.Tensor   # probe accuracy at the same point; 0 on a reuse step
+    solved: tf.Tensor      # 1.0 if the step ran the meta step, 0.0 if it reused the cache
 
 
 def look_ahead(params, grads, accumulators, step_size, momentum):
@@ -41,9 +70,34 @@ def probe_objective(network, params, non_trainable, images, labels_onehot, weigh
     return loss, logits
 
 
+def classifier_indices(network):
+    """Positions in `network.trainable_variables` of the classifier: the last trainable Dense layer.
+
+    Layers are visited in `network.layers` order (topological for functional and Sequential models), recursing
+    into nested models, so the last Dense found is the one closest to the logits.
+
+    Raises:
+      ValueError: if the network has no trainable `keras.layers.Dense` layer.
+    """
+    dense = [layer for layer in _all_layers(network)
+             if isinstance(layer, keras.layers.Dense) and layer.trainable and layer.trainable_weights]
+    if not dense:
+        raise ValueError(f"meta_grad_mode=last_layer needs a network whose classifier is a trainable "
+                         f"keras.layers.Dense layer, and {network.name} has none; use meta_grad_mode=exact or "
+                         "approx_vjp")
+    ids = {id(v) for v in dense[-1].trainable_weights}
+    return [i for i, v in enumerate(network.trainable_variables) if id(v) in ids]
+
+
+def _all_layers(model):
+    for layer in getattr(model, "layers", ()):
+        yield layer
+        yield from _all_layers(layer)
+
+
 def meta_gradients(*, network, forward_fn, look_loss_fn, omega0, lambda0, probe_images, probe_labels_onehot,
-                   accumulators, step_size, momentum, probe_weight_decay, main_tape=None):
-    """Runs the look-ahead and returns d L_probe / d (omega, lambda).
+                   accumulators, step_size, momentum, probe_weight_decay, main_tape=None, mode="exact"):
+    """Runs the meta step and returns d L_probe / d (omega, lambda).
 
     Args:
       network: the Keras classifier.
@@ -56,22 +110,161 @@ def meta_gradients(*, network, forward_fn, look_loss_fn, omega0, lambda0, probe_
       step_size, momentum: eta_meta and mu_meta.
       probe_weight_decay: wd of the probe objective.
       main_tape: the caller's outer tape; paused while the meta-only work runs so it records nothing it never uses.
+      mode: "exact", "last_layer" or "approx_vjp" (see the module docstring).
+
+    Returns:
+      MetaGradients.
     """
-    params = network.trainable_variables
+    outputs, result = _run(
+        lambda solve: solve(), mode=mode, network=network, forward_fn=forward_fn, look_loss_fn=look_loss_fn,
+        omega0=omega0, lambda0=lambda0, probe_images=probe_images, probe_labels_onehot=probe_labels_onehot,
+        accumulators=accumulators, step_size=step_size, momentum=momentum, probe_weight_decay=probe_weight_decay,
+        main_tape=main_tape)
+    return MetaGradients(outputs, *result)
+
+
+def solve_weights(mode, cache, step, ids, **meta_args):
+    """omega* and lambda* of one step: the meta step and IEG's rules (SPEC 1.6.7-8), or reused from `cache`.
+
+    Args:
+      mode: the meta_grad_mode.
+      cache: a MetaCache (meta_every > 1) or None (solve every step).
+      step: the optimizer iteration (before this step's update).
+      ids: [B] example ids (for the cache).
+      **meta_args: `meta_gradients`' arguments (but `mode`).
+
+    Returns:
+      MetaStep. With a cache, the forward runs as usual and a `tf.cond` then runs either the meta-only work or a
+      cache lookup, so reuse steps skip the meta step's cost, also under XLA.
+    """
+    labels = meta_args["probe_labels_onehot"]
+
+    def solved(solve):
+        grad_omega, grad_lambda, probe_logits, probe_loss = solve()
+        hit = tf.cast(tf.argmax(probe_logits, -1) == tf.argmax(labels, -1), tf.float32)
+        return (losses.normalize_weights(grad_omega), losses.binarize_label_mix(grad_lambda),
+                tf.cast(probe_loss, tf.float32), tf.reduce_mean(hit), tf.ones([]))
+
+    def decide(solve):
+        if cache is None:
+            return solved(solve)
+        return tf.cond(cache.due(step), lambda: solved(solve),
+                       lambda: (*cache.lookup(ids), tf.zeros([]), tf.zeros([]), tf.zeros([])))
+
+    outputs, result = _run(decide, mode=mode, **meta_args)
+    # The caller's tape must not differentiate into the meta step (or the cond around it).
+    return MetaStep(outputs, *(tf.stop_gradient(t) for t in result))
+
+
+def _run(decide, *, mode, network, forward_fn, look_loss_fn, omega0, lambda0, probe_images, probe_labels_onehot,
+         accumulators, step_size, momentum, probe_weight_decay, main_tape=None):
+    """Records the forward on the meta tapes, then returns (outputs, decide(solve)).
+
+    `solve()` does the meta-only work and returns (grad_omega, grad_lambda, probe_logits, probe_loss). Splitting
+    it off lets `decide` put it under a `tf.cond`, with the forward (which the main loss needs anyway) outside.
+    """
+    if mode not in META_GRAD_MODES:
+        raise ValueError(f"unknown meta_grad_mode '{mode}'; choose one of: {', '.join(META_GRAD_MODES)}")
     pause = main_tape.stop_recording if main_tape is not None else contextlib.nullcontext
+    params, non_trainable = network.trainable_variables, network.non_trainable_variables
+    probe = (probe_images, probe_labels_onehot, probe_weight_decay)
+    indices = classifier_indices(network) if mode == "last_layer" else range(len(params))
+    stepped = [params[i] for i in indices]
     with tf.GradientTape() as meta_tape:
         meta_tape.watch([omega0, lambda0])
         with tf.GradientTape() as look_tape:
             outputs = forward_fn()
             look_loss = look_loss_fn(outputs, omega0, lambda0)
-        with pause():
-            grads = look_tape.gradient(look_loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            theta_prime = look_ahead(params, grads, accumulators, step_size, momentum)
-            probe_loss, probe_logits = probe_objective(
-                network, theta_prime, network.non_trainable_variables, probe_images, probe_labels_onehot,
-                probe_weight_decay)
-    with pause():
-        grad_omega, grad_lambda = meta_tape.gradient(
-            probe_loss, [omega0, lambda0], unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return MetaGradients(outputs, grad_omega, grad_lambda, probe_logits, probe_loss)
 
+        def solve():
+            with pause():
+                grads = look_tape.gradient(look_loss, stepped, unconnected_gradients=ZERO)
+                if mode == "approx_vjp":
+                    with meta_tape.stop_recording():
+                        with tf.GradientTape() as probe_tape:
+                            probe_loss, probe_logits = probe_objective(network, params, non_trainable, *probe)
+                        v = probe_tape.gradient(probe_loss, params, unconnected_gradients=ZERO)
+                    # d/d(omega, lambda) of <sg(v), G>: the mixed second derivative pulled back along v.
+                    target = tf.add_n([tf.reduce_sum(g * tf.stop_gradient(u)) for g, u in zip(grads, v)])
+                else:
+                    slots = None if accumulators is None else [accumulators[i] for i in indices]
+                    theta_prime = list(params)
+                    for i, value in zip(indices, look_ahead(stepped, grads, slots, step_size, momentum)):
+                        theta_prime[i] = value
+                    probe_loss, probe_logits = probe_objective(network, theta_prime, non_trainable, *probe)
+                    target = probe_loss
+                grad_omega, grad_lambda = meta_tape.gradient(target, [omega0, lambda0], unconnected_gradients=ZERO)
+                if mode == "approx_vjp":
+                    grad_omega, grad_lambda = -step_size * grad_omega, -step_size * grad_lambda
+            return grad_omega, grad_lambda, probe_logits, probe_loss
+
+        result = decide(solve)
+    return outputs, result
+
+
+class MetaCache(keras.layers.Layer):
+    """omega*, lambda* of the last solved step, kept between the steps that solve them (`meta_every` = k > 1).
+
+    Steps whose optimizer iteration is a multiple of k run the meta step and store, per example id, the relative
+    weight omega* x B and lambda*. The steps in between reuse them: an example solved before gets its stored
+    values; any other example gets the last solved batch's means (mean omega* x B, i.e. 1 unless every weight
+    was 0, and the fraction of lambda* = 1). The relative weights are then renormalized to sum to 1 over the batch.
+    Without `num_examples` there is no per-example store and every example gets the means.
+
+    All of it is variables (checkpointed, so resume is exact). Under a multi-replica strategy every replica
+    gathers all replicas' ids and values and writes the same update, so the store is identical everywhere.
+
+    Args:
+      every: k.
+      num_examples: N (ids are in [0, N)), or None.
+    """
+
+    def __init__(self, every, num_examples=None, **kwargs):
+        super().__init__(**kwargs)
+        self.every = int(every)
+        self.per_example = bool(num_examples)
+        if self.per_example:
+            # -1 marks "never solved": relative weights are >= 0.
+            self.relative_weight = self._variable("relative_weight", np.full([num_examples], -1.0, np.float32))
+            self.label_mix = self._variable("label_mix", np.ones([num_examples], np.float32))
+        self.mean_relative_weight = self._variable("mean_relative_weight", np.float32(1.0))
+        self.mean_label_mix = self._variable("mean_label_mix", np.float32(1.0))
+        self.built = True  # no inputs to build from; Keras' symbolic build under a strategy checks this flag
+
+    def _variable(self, name, value):
+        return keras.Variable(value, trainable=False, name=name, aggregation="only_first_replica")
+
+    def due(self, step):
+        """Bool tensor: the meta step runs at optimizer iteration `step`."""
+        return tf.equal(tf.math.floormod(tf.cast(step, tf.int64), self.every), 0)
+
+    def lookup(self, ids):
+        """(omega [B] summing to 1, or all 0 if every stored weight is 0; lambda [B]) for the batch `ids`."""
+        batch = tf.shape(ids)[:1]
+        rel = tf.fill(batch, tf.convert_to_tensor(self.mean_relative_weight))
+        lam = tf.fill(batch, tf.convert_to_tensor(self.mean_label_mix))
+        if self.per_example:
+            index = tf.cast(ids, tf.int32)
+            stored_rel, stored_lam = tf.gather(self.relative_weight, index), tf.gather(self.label_mix, index)
+            seen = stored_rel >= 0.0
+            rel, lam = tf.where(seen, stored_rel, rel), tf.where(seen, stored_lam, lam)
+        return tf.math.divide_no_nan(rel, tf.reduce_sum(rel)), lam
+
+    def update(self, ids, omega, label_mix, step):
+        """Stores this step's omega*, lambda* when it solved them (`due(step)`); otherwise changes nothing."""
+        solved = self.due(step)
+        rel = tf.cast(omega, tf.float32) * tf.cast(tf.shape(omega)[0], tf.float32)
+        label_mix = tf.cast(label_mix, tf.float32)
+        means = tf.stack([tf.reduce_mean(rel), tf.reduce_mean(label_mix)])
+        ids = tf.cast(ids, tf.int32)
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            ids, rel, label_mix = (context.all_gather(t, axis=0) for t in (ids, rel, label_mix))
+            means = context.all_reduce(tf.distribute.ReduceOp.MEAN, means)
+        for variable, value in zip((self.mean_relative_weight, self.mean_label_mix), tf.unstack(means)):
+            variable.assign(tf.where(solved, value, variable))
+        if self.per_example:
+            index = ids[:, None]
+            for variable, value in ((self.relative_weight, rel), (self.label_mix, label_mix)):
+                kept = tf.where(solved, value, tf.gather(variable, ids))  # unsolved steps write back what is there
+                variable.assign(tf.tensor_scatter_nd_update(variable, index, kept))

@@ -76,6 +76,11 @@ class IEGTrainer(keras.Model):
             self.ema_weights.append(shadow)
         self.example_stats = (ExampleStats(num_train_examples, num_classes, name="example_stats")
                               if num_train_examples else None)
+        if config.method != "supervised" and config.meta_grad_mode == "last_layer":
+            meta.classifier_indices(network)  # a network without a Dense classifier fails here, not mid-trace
+        # Only runs that reuse omega*, lambda* carry the cache, so other runs' checkpoints keep their layout.
+        self.meta_cache = (meta.MetaCache(config.meta_every, num_train_examples, name="meta_cache")
+                           if config.method != "supervised" and config.meta_every > 1 else None)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in TRAIN_METRICS[config.method]}
         self.eval_loss = keras.metrics.Mean(name="eval_loss")
         self.eval_accuracy = keras.metrics.Mean(name="eval_accuracy")
@@ -120,6 +125,8 @@ class IEGTrainer(keras.Model):
                              "for ieg and l2r).")
         seed = self.step_seed()
         step = self.compute_gradients(data, seed)
+        if self.meta_cache is not None:  # before `apply`, which advances the iteration that says "solved"
+            self.meta_cache.update(data["id"], *step.per_example[:2], self.optimizer.iterations)
         self.optimizer.apply(step.grads, self.network.trainable_variables)
         self.commit_state(step.state)
         self.update_ema()
@@ -184,16 +191,15 @@ class IEGTrainer(keras.Model):
                     + losses.l2_penalty(self.decayed_variables, cfg.weight_decay))
 
         with tf.GradientTape() as tape:
-            # 3. Meta step: omega*, lambda* from the look-ahead's probe loss.
-            m = meta.meta_gradients(
-                network=net, forward_fn=forward, look_loss_fn=look_loss, omega0=omega0, lambda0=lambda0,
-                probe_images=xp, probe_labels_onehot=yp, accumulators=self._accumulators(),
+            # 3. Meta step: omega*, lambda* from the look-ahead's probe loss (or reused, see meta_every).
+            m = meta.solve_weights(
+                cfg.meta_grad_mode, self.meta_cache, self.optimizer.iterations, data["id"], network=net,
+                forward_fn=forward, look_loss_fn=look_loss, omega0=omega0, lambda0=lambda0, probe_images=xp, probe_labels_onehot=yp, accumulators=self._accumulators(),
                 step_size=cfg.meta_stepsize, momentum=cfg.meta_momentum,
                 probe_weight_decay=self._probe_weight_decay(), main_tape=tape)
             z, z_strong, guess, state = m.outputs
             guess = tf.stop_gradient(guess)
-            omega = tf.stop_gradient(losses.normalize_weights(m.grad_omega))
-            lam = tf.stop_gradient(losses.binarize_label_mix(m.grad_lambda))
+            omega, lam = m.omega, m.label_mix
 
             # 4. Clean/noisy split by threshold T (paper); off = reference: every MixUp target is the guess.
             if cfg.clean_threshold is None:
@@ -224,7 +230,7 @@ class IEGTrainer(keras.Model):
             "relabel_frac": (tf.reduce_mean(1.0 - lam), ones),
             "noisy_frac": (tf.reduce_mean(tf.cast(noisy, tf.float32)), ones),
             "guess_acc": self._accuracy_where_known(guess, true),
-            **self._meta_logs(m, omega, y, yp, true),
+            **self._meta_logs(m, y, true),
             "train_acc": (_accuracy(z, y), ones),
         }
         return StepResult(grads, logs, (omega, lam, guess), state)
@@ -265,19 +271,20 @@ class IEGTrainer(keras.Model):
 
         with tf.GradientTape() as tape:
             # L2R: omega0 = 0, plain SGD look-ahead, no relabeling (SPEC 6).
-            m = meta.meta_gradients(
-                network=net, forward_fn=forward, look_loss_fn=look_loss, omega0=tf.zeros([batch]),
+            m = meta.solve_weights(
+                cfg.meta_grad_mode, self.meta_cache, self.optimizer.iterations, data["id"], network=net,
+                forward_fn=forward, look_loss_fn=look_loss, omega0=tf.zeros([batch]),
                 lambda0=tf.zeros([batch]), probe_images=tf.convert_to_tensor(data["probe_image"]),
                 probe_labels_onehot=yp, accumulators=None, step_size=cfg.meta_stepsize, momentum=0.0,
                 probe_weight_decay=self._probe_weight_decay(), main_tape=tape)
             z, state = m.outputs
-            omega = tf.stop_gradient(losses.normalize_weights(m.grad_omega))
+            omega = m.omega
             l2 = losses.l2_penalty(self.decayed_variables, cfg.weight_decay)
             total = tf.reduce_sum(omega * losses.cross_entropy(y, z)) + l2
             scaled = self._scale(total)
         grads = tape.gradient(scaled, net.trainable_variables)
         ones = tf.ones([])
-        logs = {"loss": (total, ones), "l2_loss": (l2, ones), **self._meta_logs(m, omega, y, yp, true),
+        logs = {"loss": (total, ones), "l2_loss": (l2, ones), **self._meta_logs(m, y, true),
                 "train_acc": (_accuracy(z, y), ones)}
         return StepResult(grads, logs, (omega, tf.ones_like(omega), tf.nn.softmax(z)), state)
 
@@ -313,14 +320,15 @@ class IEGTrainer(keras.Model):
                 value = context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
             variable.assign(value)
 
-    def _meta_logs(self, m, omega, y, yp, true):
-        ones = tf.ones([])
+    def _meta_logs(self, m, y, true):
+        ones, omega = tf.ones([]), m.omega
         scaled = omega * tf.cast(tf.shape(omega)[0], tf.float32)  # in units of the uniform weight 1/B
         given = tf.argmax(y, axis=-1, output_type=tf.int32)
         known = tf.cast(true >= 0, tf.float32)
         clean = known * tf.cast(given == true, tf.float32)
         return {
-            "probe_loss": (m.probe_loss, ones), "probe_acc": (_accuracy(m.probe_logits, yp), ones),
+            # Weight 0 on steps that reused omega*: they evaluate no probe batch.
+            "probe_loss": (m.probe_loss, m.solved), "probe_acc": (m.probe_acc, m.solved),
             "omega_zero_frac": (tf.reduce_mean(tf.cast(omega <= 0.0, tf.float32)), ones),
             "omega_max": (tf.reduce_max(scaled), ones),
             "omega_clean": _weighted_mean(scaled, clean),

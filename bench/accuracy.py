@@ -1,0 +1,128 @@
+"""Test accuracy and label-issue quality of supervised, l2r, ieg and ieg with the threshold-T split on digits.
+
+    nice -n 10 python bench/accuracy.py                      # 9 runs of 1000 steps, about 40 min on 2 cores
+    python bench/accuracy.py --steps 200 --methods ieg supervised --noise uniform80
+
+Every run trains the same network (small_cnn) on the embedded digits data (1 probe image per class), with the
+same budget and seed, as a separate `python -m ieg_tf.main` process (Keras keeps global state). The runs:
+
+* clean / supervised: the clean labels (noise_type none), the ceiling;
+* uniform80: 80% uniform noise (a label is redrawn from all 10 classes with prob 0.8, so ~72% are wrong);
+* asym40: 40% asymmetric noise with the digits mapping ieg_tf.noise.DIGITS_ASYMMETRIC, 1->8, 8->1, 3->9, 9->3,
+  7->1 (each image of those five classes takes the mapped label with prob 0.4; 0, 2, 4, 5, 6 stay clean);
+* under each noise: supervised, l2r, ieg (reference: no split) and ieg_split = ieg with --clean_threshold=1.0.
+  T = 1.0 is the uniform weight 1/B in the units of the split (omega* . B < T is "possibly mislabeled"): an
+  example weighted below the average of a uniform re-weighting gets the guessed label as its MixUp target,
+  the others keep their given label. It is the one threshold that needs no tuning to the batch size.
+
+Prints a markdown table and writes `<out>/accuracy.json`; each run's directory (`<out>/steps<N>/<noise>_<method>`)
+holds its results.json, label_issues.csv and the plots test_accuracy.png / omega_distribution.png. A finished
+run is not trained again (the package resumes from its checkpoints); delete `<out>` to start over.
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from bench import common  # noqa: E402
+
+NOISE = {  # name -> (noise_type, noise_ratio)
+    "clean": ("none", 0.0),
+    "uniform80": ("uniform", 0.8),
+    "asym40": ("asymmetric", 0.4),
+}
+METHODS = {  # name -> (--method, extra flags)
+    "supervised": ("supervised", []),
+    "l2r": ("l2r", []),
+    "ieg": ("ieg", []),
+    "ieg_split": ("ieg", ["--clean_threshold=1.0"]),
+}
+DEFAULT_STEPS = 1000  # ieg_tf.train.DATASET_DEFAULTS["digits"]["max_iteration"]
+
+
+def planned_runs(methods, noises):
+    """(noise, method) pairs in table order; clean labels only for supervised (the ceiling)."""
+    runs = [("clean", "supervised")] if "clean" in noises and "supervised" in methods else []
+    return runs + [(n, m) for n in noises if n != "clean" for m in METHODS if m in methods]
+
+
+def run_one(noise, method, steps, out, seed, jit):
+    """Trains one configuration (or finds it finished) and returns its results.json plus wall seconds."""
+    noise_type, ratio = NOISE[noise]
+    flag, extra = METHODS[method]
+    model_dir = out / f"steps{steps}" / f"{noise}_{method}"
+    args = ["-m", "ieg_tf.main", "--dataset=digits", "--network=small_cnn", "--probe_per_class=1",
+            f"--noise_type={noise_type}", f"--noise_ratio={ratio}", f"--method={flag}", *extra,
+            f"--max_iteration={steps}", f"--seed={seed}", f"--jit_compile={jit}", f"--model_dir={model_dir}"]
+    start = time.time()
+    common.run_python(args, out / "logs" / f"steps{steps}_{noise}_{method}.log")
+    results = json.loads((model_dir / "results.json").read_text())
+    # results.json's "method" is the trainer's (ieg for ieg_split); the row keeps the benchmark's name.
+    return {**results, "run": f"{noise}/{method}", "noise": noise, "method": method, "model_dir": str(model_dir),
+            "command": "python " + " ".join(args), "wall_seconds": round(time.time() - start, 1)}
+
+
+def check_targets(rows):
+    """The issue's targets, on final test accuracy: ieg at uniform80 within 2 points of the clean ceiling and at
+    least 10 points above supervised at uniform80. None where a run is missing."""
+    acc = {r["run"]: r["test_accuracy"] for r in rows}
+    ieg, ceiling, sup = acc.get("uniform80/ieg"), acc.get("clean/supervised"), acc.get("uniform80/supervised")
+    targets = {}
+    if ieg is not None and ceiling is not None:
+        targets["ieg_u80_gap_to_ceiling_points"] = round(100 * (ceiling - ieg), 2)
+        targets["ieg_u80_within_2_points_of_ceiling"] = ceiling - ieg <= 0.02
+    if ieg is not None and sup is not None:
+        targets["ieg_u80_gain_over_supervised_points"] = round(100 * (ieg - sup), 2)
+        targets["ieg_u80_at_least_10_points_above_supervised"] = ieg - sup >= 0.10
+    return targets
+
+
+def issue_cells(row):
+    if METHODS[row["method"]][0] != "ieg":
+        return ["-", "-"]
+    return [common.fmt(row["label_issue_precision"], 3), common.fmt(row["label_issue_recall"], 3)]
+
+
+def table(rows):
+    """The markdown table; supervised and l2r never relabel, so they flag nothing and get no issue columns."""
+    header = ["noise", "method", "test acc % (final)", "best %", "issue precision", "issue recall",
+              "train s", "wall s"]
+    cells = [[r["noise"], r["method"], common.fmt(r["test_accuracy"], 1, 100),
+              common.fmt(r["best_test_accuracy"], 1, 100), *issue_cells(r), common.fmt(r["seconds"], 0),
+              common.fmt(r["wall_seconds"], 0)] for r in rows]
+    return common.markdown_table(header, cells)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps of every run")
+    parser.add_argument("--out", default="/tmp/ieg_bench/accuracy", help="run directories and accuracy.json")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--noise", nargs="+", choices=list(NOISE), default=list(NOISE))
+    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--jit", choices=("auto", "true", "false"), default="auto",
+                        help="XLA for the train step (auto = on, one device)")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    out = pathlib.Path(args.out)
+    rows = []
+    for noise, method in planned_runs(args.methods, args.noise):
+        print(f"[accuracy] {noise}/{method}: {args.steps} steps ...", flush=True)
+        rows.append(run_one(noise, method, args.steps, out, args.seed, args.jit))
+        print(f"[accuracy] {noise}/{method}: test accuracy {common.fmt(rows[-1]['test_accuracy'], 1, 100)}%, "
+              f"{rows[-1]['wall_seconds']:.0f} s", flush=True)
+    report = dict(steps=args.steps, seed=args.seed, jit=args.jit, runs=rows, targets=check_targets(rows))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "accuracy.json").write_text(json.dumps(report, indent=2))
+    print(table(rows))
+    print(json.dumps(report["targets"]))
+    print(f"written: {out / 'accuracy.json'}")
+
+
+if __name__ == "__main__":
+    main()
