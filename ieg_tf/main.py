@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 from absl import app, flags  # noqa: E402
 
 from ieg_tf import datasets, noise, optim, train  # noqa: E402
-from ieg_tf.config import METHODS, STRATEGIES, RunConfig, TrainerConfig  # noqa: E402
+from ieg_tf.config import META_GRAD_MODES, METHODS, STRATEGIES, RunConfig, TrainerConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -50,6 +50,9 @@ flags.DEFINE_float("grad_eps_init", 0.9, "lambda0: where the label-mix gradient 
 flags.DEFINE_float("clean_threshold", None, "Paper's threshold-T split (omega* < T/B is 'possibly mislabeled'); "
                    "unset = reference behaviour (no split).", lower_bound=0.0)
 flags.DEFINE_bool("meta_stop_guess_gradient", False, "Stop the gradient through the guess in the look-ahead.")
+flags.DEFINE_enum("meta_grad_mode", "exact", META_GRAD_MODES, "Meta gradient: exact look-ahead (reproduces the "
+                  "paper), approx_vjp (first order, no theta' forward), last_layer (look-ahead through the classifier).")
+flags.DEFINE_integer("meta_every", 1, "Solve omega*, lambda* every k steps and reuse them in between.", lower_bound=1)
 flags.DEFINE_float("ema_decay", 0.999, "EMA decay cap.", lower_bound=0.0, upper_bound=0.999999)
 
 # Network and optimisation.
@@ -110,7 +113,8 @@ def configs_from_flags():
         method=f.method, ce_factor=f.ce_factor, consistency_factor=f.consistency_factor,
         meta_stepsize=f.meta_stepsize, meta_momentum=f.meta_momentum, grad_eps_init=f.grad_eps_init,
         clean_threshold=f.clean_threshold, ema_decay=f.ema_decay, seed=f.seed,
-        meta_stop_guess_gradient=f.meta_stop_guess_gradient)
+        meta_stop_guess_gradient=f.meta_stop_guess_gradient, meta_grad_mode=f.meta_grad_mode,
+        meta_every=f.meta_every)
     run_cfg = RunConfig(
         model_dir=f.model_dir, network=f.network, batch_size=f.batch_size, max_iteration=f.max_iteration,
         epochs=f.epochs, eval_freq=f.eval_freq, learning_rate=f.learning_rate, lr_schedule=f.lr_schedule,
