@@ -64,7 +64,8 @@ class TrainerConfig:
         if self.meta_grad_mode not in META_GRAD_MODES:
             raise ValueError(f"unknown meta_grad_mode '{self.meta_grad_mode}'; choose one of: "
                              f"{', '.join(META_GRAD_MODES)}")
-        if isinstance(self.meta_every, bool) or not isinstance(self.meta_every, numbers.Integral) or self.meta_every < 1:
+        every = self.meta_every
+        if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
             raise ValueError(f"meta_every must be an int >= 1 (1 = solve omega*, lambda* every step), got "
                              f"{self.meta_every!r}")
         for name in ("ce_factor", "consistency_factor", "meta_stepsize", "weight_decay"):

@@ -9,11 +9,12 @@ Three ways to get the gradients (`TrainerConfig.meta_grad_mode`):
   variable keeps its value in theta', so the second-order backward stops at the classifier (FSR's "level 0",
   SPEC 6). Exact when the classifier is the network's only trainable layer.
 * approx_vjp: first order in eta, with no look-ahead forward. grad L_p(theta') = grad L_p(theta) + O(eta), so
-  d L_p(theta') / d omega_i = -eta <grad L_p(theta'), d G / d omega_i> ~ -eta <v, d G / d omega_i>, v = grad
-  L_p(theta): one probe forward/backward at theta, then the derivative along v of d L_look / d(omega, lambda) (a
-  forward-mode pass over the train batch: forward-over-backward, no second-order backward). The momentum term
-  eta mu a does not depend on (omega, lambda); it only moves the point where grad L_p is read, an O(eta) shift
-  this approximation drops. The probe loss and logits it reports are taken at theta.
+  d L_p(theta') / d omega_i = -eta <grad L_p(theta'), d G / d omega_i> ~ -eta <v, d G / d omega_i> with
+  v = grad L_p(theta): one probe forward/backward at theta (off the meta tape), then -eta d<sg(v), G>/d(omega,
+  lambda) by the outer tape, a vector-Jacobian product through G (for lambda through the target mixture). The
+  momentum term eta mu a does not depend on (omega, lambda); it only moves the point where grad L_p is read, an
+  O(eta) shift this approximation drops. The probe loss and logits it reports are taken at theta. It is exact
+  for L2R, whose look-ahead starts at omega0 = 0 with no momentum, so theta' = theta.
 The rules that turn the gradients into omega* and lambda* (`losses.normalize_weights`, `binarize_label_mix`) are
 scale-free and read signs, so they apply to every mode unchanged.
 
@@ -123,7 +124,7 @@ def meta_gradients(*, network, forward_fn, look_loss_fn, omega0, lambda0, probe_
     return MetaGradients(outputs, *result)
 
 
-def solve_weights(mode, cache, step, ids, **meta_args):
+def solve_weights(mode, cache, step, ids, skip_by_cond=True, **meta_args):
     """omega* and lambda* of one step: the meta step and IEG's rules (SPEC 1.6.7-8), or reused from `cache`.
 
     Args:
@@ -131,11 +132,14 @@ def solve_weights(mode, cache, step, ids, **meta_args):
       cache: a MetaCache (meta_every > 1) or None (solve every step).
       step: the optimizer iteration (before this step's update).
       ids: [B] example ids (for the cache).
+      skip_by_cond: with a cache, True runs the meta-only work under a `tf.cond`, so reuse steps skip it; False
+        runs it every step and selects the cached values with `tf.where` (same results). False is for XLA on CPU,
+        which runs convolutions inside a conditional 10-100x slower (its nested-computation code path, as in
+        jax-ml/jax#12868).
       **meta_args: `meta_gradients`' arguments (but `mode`).
 
     Returns:
-      MetaStep. With a cache, the forward runs as usual and a `tf.cond` then runs either the meta-only work or a
-      cache lookup, so reuse steps skip the meta step's cost, also under XLA.
+      MetaStep. The forward runs every step either way (the main loss needs it).
     """
     labels = meta_args["probe_labels_onehot"]
 
@@ -148,8 +152,14 @@ def solve_weights(mode, cache, step, ids, **meta_args):
     def decide(solve):
         if cache is None:
             return solved(solve)
-        return tf.cond(cache.due(step), lambda: solved(solve),
-                       lambda: (*cache.lookup(ids), tf.zeros([]), tf.zeros([]), tf.zeros([])))
+
+        def reused():
+            return (*cache.lookup(ids), tf.zeros([]), tf.zeros([]), tf.zeros([]))
+
+        due = cache.due(step)
+        if skip_by_cond:
+            return tf.cond(due, lambda: solved(solve), reused)
+        return tuple(tf.where(due, a, b) for a, b in zip(solved(solve), reused()))
 
     outputs, result = _run(decide, mode=mode, **meta_args)
     # The caller's tape must not differentiate into the meta step (or the cond around it).
@@ -193,6 +203,7 @@ def _run(decide, *, mode, network, forward_fn, look_loss_fn, omega0, lambda0, pr
                         theta_prime[i] = value
                     probe_loss, probe_logits = probe_objective(network, theta_prime, non_trainable, *probe)
                     target = probe_loss
+                # Asked inside the tape's context, as a cond branch must return it; the tape stops recording here.
                 grad_omega, grad_lambda = meta_tape.gradient(target, [omega0, lambda0], unconnected_gradients=ZERO)
                 if mode == "approx_vjp":
                     grad_omega, grad_lambda = -step_size * grad_omega, -step_size * grad_lambda

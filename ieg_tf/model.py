@@ -52,7 +52,8 @@ class IEGTrainer(keras.Model):
       num_classes: C.
       config: TrainerConfig; its `method` selects ieg, l2r or supervised.
       num_train_examples: N; when given, per-example omega*, lambda* and guesses are summed by example id in
-        `example_stats` (the label-issue report reads them).
+        `example_stats` (the label-issue report reads them); with config.meta_every > 1, `meta_cache` also keeps
+        the last solved omega*, lambda* by id (`ieg_tf.meta.MetaCache`).
 
     Each element of the training dataset is a dict with `weak` [B,H,W,C], `strong` (ieg only), `label` int [B],
     `id` int [B] in [0, N), `true_label` int [B] (-1 = unknown; monitoring only), `probe_image` [Bp,H,W,C],
@@ -193,9 +194,10 @@ class IEGTrainer(keras.Model):
         with tf.GradientTape() as tape:
             # 3. Meta step: omega*, lambda* from the look-ahead's probe loss (or reused, see meta_every).
             m = meta.solve_weights(
-                cfg.meta_grad_mode, self.meta_cache, self.optimizer.iterations, data["id"], network=net,
-                forward_fn=forward, look_loss_fn=look_loss, omega0=omega0, lambda0=lambda0, probe_images=xp, probe_labels_onehot=yp, accumulators=self._accumulators(),
-                step_size=cfg.meta_stepsize, momentum=cfg.meta_momentum,
+                cfg.meta_grad_mode, self.meta_cache, self.optimizer.iterations, data["id"],
+                skip_by_cond=self._skip_meta_by_cond(), network=net, forward_fn=forward, look_loss_fn=look_loss,
+                omega0=omega0, lambda0=lambda0, probe_images=xp, probe_labels_onehot=yp,
+                accumulators=self._accumulators(), step_size=cfg.meta_stepsize, momentum=cfg.meta_momentum,
                 probe_weight_decay=self._probe_weight_decay(), main_tape=tape)
             z, z_strong, guess, state = m.outputs
             guess = tf.stop_gradient(guess)
@@ -272,8 +274,9 @@ class IEGTrainer(keras.Model):
         with tf.GradientTape() as tape:
             # L2R: omega0 = 0, plain SGD look-ahead, no relabeling (SPEC 6).
             m = meta.solve_weights(
-                cfg.meta_grad_mode, self.meta_cache, self.optimizer.iterations, data["id"], network=net,
-                forward_fn=forward, look_loss_fn=look_loss, omega0=tf.zeros([batch]),
+                cfg.meta_grad_mode, self.meta_cache, self.optimizer.iterations, data["id"],
+                skip_by_cond=self._skip_meta_by_cond(), network=net, forward_fn=forward, look_loss_fn=look_loss,
+                omega0=tf.zeros([batch]),
                 lambda0=tf.zeros([batch]), probe_images=tf.convert_to_tensor(data["probe_image"]),
                 probe_labels_onehot=yp, accumulators=None, step_size=cfg.meta_stepsize, momentum=0.0,
                 probe_weight_decay=self._probe_weight_decay(), main_tape=tape)
@@ -339,6 +342,14 @@ class IEGTrainer(keras.Model):
         known = tf.cast(true >= 0, tf.float32)
         hit = tf.cast(tf.argmax(probs, axis=-1, output_type=tf.int32) == true, tf.float32)
         return _weighted_mean(hit, known)
+
+    def _skip_meta_by_cond(self):
+        """Whether reuse steps (meta_every > 1) skip the meta step with a `tf.cond` (`meta.solve_weights`).
+
+        Not under XLA without an accelerator: XLA:CPU runs a conditional's convolutions 10-100x slower.
+        """
+        accelerators = tf.config.list_logical_devices("GPU") + tf.config.list_logical_devices("TPU")
+        return not self.jit_compile or bool(accelerators)
 
     def _accumulators(self):
         accumulator = getattr(self.optimizer, "accumulator", None)

@@ -1,5 +1,10 @@
 """Cheaper meta steps (issue 7): last_layer and approx_vjp against exact, and reusing omega*, lambda* (meta_every)."""
 
+import json
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -268,15 +273,80 @@ def test_fit_with_each_mode_under_xla(mode, every):
         assert 16 <= solved <= 32, solved  # 16 ids per solving step, fewer if the two batches share ids
 
 
-def test_first_order_step_under_xla_matches_the_graph_step():
-    trainer = _trainer(method="l2r", meta_grad_mode="approx_vjp")  # l2r: the same forward-mode ops, compiles faster
+@pytest.mark.parametrize("mode", ["approx_vjp", "last_layer"])
+def test_xla_step_with_a_conditional_meta_step_matches_the_graph_step(mode):
+    # l2r: the same meta-step code as ieg, compiles faster. Dense layers only, so XLA:CPU's conditional is fast.
+    trainer = _trainer(method="l2r", meta_grad_mode=mode, meta_every=2)
     data, seed = _batch(np.arange(8)), tf.constant([1, 2])
 
     def step(batch, s):
         result = trainer.compute_gradients(batch, s)
         return result.grads, result.per_example[0]
 
-    graph, xla = tf.function(step)(data, seed), tf.function(step, jit_compile=True)(data, seed)
-    for a, b in zip(graph[0], xla[0]):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
-    np.testing.assert_allclose(graph[1], xla[1], rtol=1e-3, atol=1e-6)
+    graph, xla = tf.function(step), tf.function(step, jit_compile=True)
+    for iteration in (0, 1):  # solve, then reuse
+        trainer.optimizer.iterations.assign(iteration)
+        want, got = graph(data, seed), xla(data, seed)
+        for a, b in zip(want[0], got[0]):
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(want[1], got[1], rtol=1e-3, atol=1e-6)
+
+
+def test_selecting_cached_weights_without_a_cond_gives_the_same_step():
+    trainer = _trainer(meta_every=2, meta_grad_mode="last_layer")
+    trainer.train_on_batch(_batch(np.arange(8)))  # fills the cache for ids 0..7
+    data = _batch(np.array([0, 1, 2, 3, 20, 21, 22, 23]), seed=1)
+    for iteration in (1, 2):  # reuse, then solve
+        trainer.optimizer.iterations.assign(iteration)
+        results = []
+        for jit in (False, True):  # jit_compile=True on a CPU-only machine selects instead of branching
+            trainer.jit_compile = jit
+            assert trainer._skip_meta_by_cond() is not jit
+            results.append(trainer.compute_gradients(data, tf.constant([1, 2])))
+        by_cond, by_select = results
+        for a, b in zip(by_cond.per_example[:2], by_select.per_example[:2]):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+        for a, b in zip(by_cond.grads, by_select.grads):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        assert float(by_select.logs["probe_loss"][1]) == float(iteration % 2 == 0)
+
+
+_MIRRORED = """
+import json, sys
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import tinydata
+from ieg_tf.config import TrainerConfig
+from ieg_tf.model import IEGTrainer
+x, noisy, true, centers = tinydata.blobs(per_class=16)
+ds = tinydata.train_dataset(x, noisy, true, *tinydata.probe(centers, per_class=4), batch_size=16)
+batch = {k: v.numpy() for k, v in next(iter(ds)).items()}
+config = TrainerConfig(meta_grad_mode="approx_vjp", meta_every=2)
+with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+    trainer = IEGTrainer(tinydata.mlp(), 4, config, num_train_examples=64)
+    trainer.compile()
+reference = IEGTrainer(tinydata.mlp(), 4, config, num_train_examples=64)
+reference.compile()
+reference.network.set_weights(trainer.network.get_weights())
+want = np.full(64, -1.0)
+for r in range(2):  # each replica solves its half of the global batch
+    half = {k: v[8 * r:8 * (r + 1)] for k, v in batch.items()}
+    want[half["id"]] = reference.compute_gradients(half, reference.step_seed(replica_id=r)).per_example[0] * 8
+trainer.fit(tf.data.Dataset.from_tensors(batch).repeat(), steps_per_epoch=2, epochs=1, verbose=0)
+copies = [v.numpy() for v in trainer.meta_cache.relative_weight.value.values]
+print("RESULT " + json.dumps({"diff": float(max(np.max(np.abs(c - want)) for c in copies)),
+                              "copies": len(copies), "solved": int(np.sum(copies[0] >= 0))}))
+"""
+
+
+def test_cache_under_two_replicas_holds_every_replicas_examples():
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(here), here]), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    run = subprocess.run([sys.executable, "-c", _MIRRORED], env=env, capture_output=True, text=True, timeout=600)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    assert run.returncode == 0 and lines, run.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    # Step 0 solved 16 ids, 8 per replica; step 1 reused and wrote nothing; both replicas hold the same store.
+    assert out["copies"] == 2 and out["solved"] == 16, out
+    assert out["diff"] < 1e-5, out
