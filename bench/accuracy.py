@@ -78,20 +78,25 @@ def oracle_flags(noise, model_dir, seed):
             f"--eval_freq={epoch}", f"--decay_steps={epoch}"]
 
 
-def run_one(noise, method, steps, out, seed, jit):
-    """Trains one configuration (or finds it finished) and returns its results.json plus wall seconds."""
+def run_one(noise, method, steps, out, seed, jit, extra_flags=(), name=None):
+    """Trains one configuration (or finds it finished) and returns its results.json plus wall seconds.
+
+    `extra_flags` are appended to the method's flags; `name` (default: the method) names the run directory.
+    """
     noise_type, ratio = NOISE[noise]
     flag, extra = METHODS[method]
-    model_dir = out / f"steps{steps}" / f"{noise}_{method}"
+    extra = [*extra, *extra_flags]
+    name = name or method
+    model_dir = out / f"steps{steps}" / f"{noise}_{name}"
     data_flags = (oracle_flags(noise, model_dir, seed) if method == "oracle" else
                   ["--dataset=digits", f"--noise_type={noise_type}", f"--noise_ratio={ratio}"])
     args = ["-m", "ieg_tf.main", *data_flags, "--network=small_cnn", "--probe_per_class=1", f"--method={flag}",
             *extra, f"--max_iteration={steps}", f"--seed={seed}", f"--jit_compile={jit}", f"--model_dir={model_dir}"]
     start = time.time()
-    common.run_python(args, out / "logs" / f"steps{steps}_{noise}_{method}.log")
+    common.run_python(args, out / "logs" / f"steps{steps}_{noise}_{name}.log")
     results = json.loads((model_dir / "results.json").read_text())
     # results.json's "method" is the trainer's (ieg for ieg_split); the row keeps the benchmark's name.
-    return {**results, "run": f"{noise}/{method}", "noise": noise, "method": method, "model_dir": str(model_dir),
+    return {**results, "run": f"{noise}/{name}", "noise": noise, "method": method, "model_dir": str(model_dir),
             "command": "python " + " ".join(args), "wall_seconds": round(time.time() - start, 1)}
 
 

@@ -1,8 +1,13 @@
-"""Throughput of ieg_tf.augment in a tf.data pipeline (map on batches, then prefetch), as training runs it.
+"""Throughput of ieg_tf.augment in a tf.data pipeline against what the ieg train step consumes.
 
-    python bench/augment.py --kind cifar --batch 100 --seconds 5 --policy autoaug
+    python bench/augment.py --kind cifar --batch 100 --seconds 5 --policy autoaug     # against a WRN-28-2 step
+    python bench/augment.py --kind small --network none                              # throughput only
 
-prints JSON with images per second for the weak view alone and for weak + strong (what an IEG step consumes).
+prints JSON with images per second for the weak view alone and for weak + strong (what an IEG step needs per
+training image), then times the ieg train step of `--network` on the same batch size in a child process
+(bench/step_time.py; XLA per `--jit`) and reports the images per second it consumes (batch / step time) and
+`headroom` = augmentation images per second / step images per second. Headroom above 1 means the pipeline keeps
+up; both share the CPU here, so on an accelerator, where the step leaves the CPU to tf.data, it is larger.
 """
 
 import argparse
@@ -18,7 +23,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from bench import step_time  # noqa: E402
 from ieg_tf import augment  # noqa: E402
+
+NETWORK_FOR_KIND = {"cifar": "wrn28-2", "small": "small_cnn", "imagenet": "none"}
 
 SHAPES = {"cifar": (32, 32, 3), "small": (8, 8, 1), "imagenet": (224, 224, 3)}
 
@@ -74,8 +82,25 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--policy", default="autoaug", choices=augment.POLICIES)
+    parser.add_argument("--network", default=None, choices=sorted(step_time.NETWORKS) + ["none"],
+                        help="ieg step to compare with (default: wrn28-2 for cifar, small_cnn for small, none)")
+    parser.add_argument("--jit", choices=("off", "on"), default="on", help="XLA for the compared step")
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.kind, args.batch, args.seconds, args.policy)))
+    if args.batch < 1 or args.seconds <= 0:
+        parser.error(f"--batch must be >= 1 and --seconds > 0, got {args.batch} and {args.seconds}")
+    result = measure(args.kind, args.batch, args.seconds, args.policy)
+    network = args.network or NETWORK_FOR_KIND[args.kind]
+    if network != "none":
+        if step_time.NETWORKS[network] != SHAPES[args.kind]:
+            parser.error(f"--network {network} takes {step_time.NETWORKS[network]} images, --kind {args.kind} "
+                         f"makes {SHAPES[args.kind]}")
+        step = step_time.run_child(dict(network=network, jit=args.jit == "on", method="ieg", mode=None,
+                                        meta_every=1, batch=args.batch, warmup=3, steps=5, breakdown=False), args)
+        consumed = args.batch / (step["step_ms"] / 1000.0)
+        result.update(network=network, jit=args.jit, ieg_step_ms=step["step_ms"],
+                      step_images_per_second=round(consumed, 1),
+                      headroom=round(result["images_per_second"] / consumed, 1))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
