@@ -135,3 +135,18 @@ def test_every_flagfile_parses_into_valid_configs():
         data_spec, trainer_cfg, run_cfg = main.configs_from_flags()
         assert run_cfg.max_iteration == 200000 or name == "digits_default.cfg"
     flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("args, expected", [([], 5.0), (["--dataset=cifar10"], 20.0),
+                                            (["--consistency_factor=20"], 20.0),
+                                            (["--dataset=cifar100", "--consistency_factor=0"], 0.0)])
+def test_kl_weight_default_is_per_data_set_and_a_given_flag_wins(args, expected):
+    from absl import flags
+    from ieg_tf import main
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["ieg_tf", *args])
+    try:
+        _, trainer_cfg, _ = main.configs_from_flags()
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert trainer_cfg.consistency_factor == expected
