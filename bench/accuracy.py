@@ -1,6 +1,6 @@
 """Test accuracy and label-issue quality of supervised, l2r, ieg and ieg with the threshold-T split on digits.
 
-    nice -n 10 python bench/accuracy.py                      # 10 runs of 1000 steps, about 80 min on 2 cores
+    nice -n 10 python bench/accuracy.py --jobs 2             # 10 runs of 1000 steps, about 60 min on 2 cores
     python bench/accuracy.py --steps 200 --methods ieg supervised --noise uniform80
 
 Every run trains the same network (small_cnn) on the embedded digits data (1 probe image per class), with the
@@ -24,6 +24,7 @@ run is not trained again (the package resumes from its checkpoints); delete `<ou
 """
 
 import argparse
+import concurrent.futures
 import json
 import pathlib
 import sys
@@ -141,16 +142,22 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--jit", choices=("auto", "true", "false"), default="auto",
                         help="XLA for the train step (auto = on, one device)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (each is its own process)")
     args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.steps < 1 or args.jobs < 1:
+        parser.error(f"--steps and --jobs must be >= 1, got {args.steps} and {args.jobs}")
     out = pathlib.Path(args.out)
-    rows = []
-    for noise, method in planned_runs(args.methods, args.noise):
+
+    def one(noise, method):
         print(f"[accuracy] {noise}/{method}: {args.steps} steps ...", flush=True)
-        rows.append(run_one(noise, method, args.steps, out, args.seed, args.jit))
-        print(f"[accuracy] {noise}/{method}: test accuracy {common.fmt(rows[-1]['test_accuracy'], 1, 100)}%, "
-              f"{rows[-1]['wall_seconds']:.0f} s", flush=True)
+        row = run_one(noise, method, args.steps, out, args.seed, args.jit)
+        print(f"[accuracy] {noise}/{method}: test accuracy {common.fmt(row['test_accuracy'], 1, 100)}%, "
+              f"{row['wall_seconds']:.0f} s", flush=True)
+        return row
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(one, *run) for run in planned_runs(args.methods, args.noise)]
+        rows = [future.result() for future in futures]  # table order, whatever order they finish in
     report = dict(steps=args.steps, seed=args.seed, jit=args.jit, runs=rows, targets=check_targets(rows))
     out.mkdir(parents=True, exist_ok=True)
     (out / "accuracy.json").write_text(json.dumps(report, indent=2))
