@@ -18,7 +18,8 @@ same budget and seed, as a separate `python -m ieg_tf.main` process (Keras keeps
 * oracle (only when asked for with --methods): supervised on just the training examples whose noisy label is
   right, i.e. a perfect label cleaner that drops the rest; same probe, test set, evaluation period and schedule.
 
-Prints a markdown table and writes `<out>/accuracy.json`; each run's directory (`<out>/steps<N>/<noise>_<method>`)
+Prints a markdown table and writes `<out>/accuracy.json` and `<out>/accuracy_curves.png` (test accuracy against
+steps, one panel per noise); each run's directory (`<out>/steps<N>/<noise>_<method>`)
 holds its results.json, label_issues.csv and the plots test_accuracy.png / omega_distribution.png. A finished
 run is not trained again (the package resumes from its checkpoints); delete `<out>` to start over.
 """
@@ -132,6 +133,38 @@ def table(rows):
     return common.markdown_table(header, cells)
 
 
+def history_curve(model_dir):
+    """(steps, test accuracies) of one run, from the per-evaluation history its checkpoints keep."""
+    history = json.loads((pathlib.Path(model_dir) / "checkpoints" / "history.json").read_text())
+    return [h["step"] for h in history], [h["val_accuracy"] for h in history]
+
+
+def plot_curves(rows, path):
+    """One panel per noise setting: EMA test accuracy against steps, one line per method; the clean-label
+    ceiling (clean/supervised, final accuracy) as a dotted line in every panel."""
+    from matplotlib.figure import Figure
+    noises = list(dict.fromkeys(r["noise"] for r in rows if r["noise"] != "clean"))
+    ceiling = next((r["test_accuracy"] for r in rows if r["run"] == "clean/supervised"), None)
+    fig = Figure(figsize=(5.5 * max(len(noises), 1), 4), dpi=100)
+    axes = fig.subplots(1, max(len(noises), 1), squeeze=False)[0]
+    for ax, noise in zip(axes, noises or ["clean"]):
+        for r in rows:
+            if r["noise"] == noise or (r["noise"] == "clean" and r["method"] == "ieg"):
+                steps, acc = history_curve(r["model_dir"])
+                ax.plot(steps, [100 * a for a in acc], label=r["run"], linewidth=1.2)
+        if ceiling is not None:
+            ax.axhline(100 * ceiling, color="black", linestyle=":", label="clean/supervised (ceiling)")
+        ax.set_title(f"digits, {noise}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("test accuracy (EMA) %")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps of every run")
@@ -161,9 +194,10 @@ def main(argv=None):
     report = dict(steps=args.steps, seed=args.seed, jit=args.jit, runs=rows, targets=check_targets(rows))
     out.mkdir(parents=True, exist_ok=True)
     (out / "accuracy.json").write_text(json.dumps(report, indent=2))
+    plot_curves(rows, out / "accuracy_curves.png")
     print(table(rows))
     print(json.dumps(report["targets"]))
-    print(f"written: {out / 'accuracy.json'}")
+    print(f"written: {out / 'accuracy.json'}, {out / 'accuracy_curves.png'}")
 
 
 if __name__ == "__main__":

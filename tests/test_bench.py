@@ -101,3 +101,20 @@ def test_measure_config_times_every_stage_of_a_real_step(method):
     assert all(cumulative[s] > 0 for s in stages)
     # The breakdown is the difference of consecutive cumulative medians, so it sums to the last one.
     assert sum(result["breakdown_ms"].values()) == pytest.approx(cumulative["update"], abs=0.05)
+
+
+def test_plot_curves_draws_every_run_from_its_history(tmp_path):
+    rows = []
+    for run, acc in [("clean/supervised", 0.98), ("clean/ieg", 0.97), ("uniform80/supervised", 0.3),
+                     ("uniform80/ieg", 0.95)]:
+        model_dir = tmp_path / run.replace("/", "_")
+        (model_dir / "checkpoints").mkdir(parents=True)
+        history = [dict(step=s, val_accuracy=acc * s / 30) for s in (10, 20, 30)]
+        (model_dir / "checkpoints" / "history.json").write_text(json.dumps(history))
+        rows.append(dict(_row(run, acc), model_dir=str(model_dir)))
+    assert accuracy.history_curve(rows[-1]["model_dir"]) == ([10, 20, 30], [0.95 / 3, 0.95 * 2 / 3, 0.95])
+    path = accuracy.plot_curves(rows, tmp_path / "curves.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10000
+    with pytest.raises(FileNotFoundError):
+        accuracy.plot_curves([dict(_row("uniform80/l2r", 0.5), model_dir=str(tmp_path / "missing"))],
+                             tmp_path / "x.png")
