@@ -2,11 +2,13 @@
 
     python bench/augment.py --kind cifar --batch 100 --seconds 5 --policy autoaug     # against a WRN-28-2 step
     python bench/augment.py --kind small --network none                              # throughput only
+    python bench/augment.py --step_time_json /tmp/ieg_bench/step_time.json           # step time from step_time.py
 
 prints JSON with images per second for the weak view alone and for weak + strong (what an IEG step needs per
 training image), then times the ieg train step of `--network` on the same batch size in a child process
 (bench/step_time.py; XLA per `--jit`) and reports the images per second it consumes (batch / step time) and
-`headroom` = augmentation images per second / step images per second. Headroom above 1 means the pipeline keeps
+`headroom` = augmentation images per second / step images per second. With `--step_time_json` the ieg step time
+is read from a bench/step_time.py report (same network, XLA setting and batch) instead of measured again. Headroom above 1 means the pipeline keeps
 up; both share the CPU here, so on an accelerator, where the step leaves the CPU to tf.data, it is larger.
 """
 
@@ -76,6 +78,16 @@ def measure(kind="cifar", batch=100, seconds=5.0, policy="autoaug"):
                 weak_images_per_second=round(_rate(pipeline(weak), batch, seconds)))
 
 
+def reported_ieg_ms(report, network, jit, batch):
+    """The ieg (exact, every step) step time of `network` / `jit` / `batch` in a bench/step_time.py report."""
+    for entry in report["summary"]:
+        if (entry["network"], entry["jit"], entry["batch"]) == (network, jit, batch) and entry["ieg_ms"]:
+            return entry["ieg_ms"]
+    have = [(e["network"], e["jit"], e["batch"]) for e in report["summary"] if e["ieg_ms"]]
+    raise ValueError(f"the step_time report has no ieg time for network={network} jit={jit} batch={batch} "
+                     f"(it has {have}); run bench/step_time.py with those settings or drop --step_time_json")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", default="cifar", choices=sorted(SHAPES))
@@ -85,6 +97,7 @@ def main(argv=None):
     parser.add_argument("--network", default=None, choices=sorted(step_time.NETWORKS) + ["none"],
                         help="ieg step to compare with (default: wrn28-2 for cifar, small_cnn for small, none)")
     parser.add_argument("--jit", choices=("off", "on"), default="on", help="XLA for the compared step")
+    parser.add_argument("--step_time_json", default=None, help="take the ieg step time from this step_time.py report")
     args = parser.parse_args(argv)
     if args.batch < 1 or args.seconds <= 0:
         parser.error(f"--batch must be >= 1 and --seconds > 0, got {args.batch} and {args.seconds}")
@@ -94,10 +107,15 @@ def main(argv=None):
         if step_time.NETWORKS[network] != SHAPES[args.kind]:
             parser.error(f"--network {network} takes {step_time.NETWORKS[network]} images, --kind {args.kind} "
                          f"makes {SHAPES[args.kind]}")
-        step = step_time.run_child(dict(network=network, jit=args.jit == "on", method="ieg", mode=None,
-                                        meta_every=1, batch=args.batch, warmup=3, steps=5, breakdown=False), args)
-        consumed = args.batch / (step["step_ms"] / 1000.0)
-        result.update(network=network, jit=args.jit, ieg_step_ms=step["step_ms"],
+        if args.step_time_json:
+            step_ms = reported_ieg_ms(json.loads(pathlib.Path(args.step_time_json).read_text()), network,
+                                      args.jit == "on", args.batch)
+        else:
+            step_ms = step_time.run_child(dict(network=network, jit=args.jit == "on", method="ieg", mode=None,
+                                               meta_every=1, batch=args.batch, warmup=3, steps=5, breakdown=False),
+                                          args)["step_ms"]
+        consumed = args.batch / (step_ms / 1000.0)
+        result.update(network=network, jit=args.jit, ieg_step_ms=step_ms,
                       step_images_per_second=round(consumed, 1),
                       headroom=round(result["images_per_second"] / consumed, 1))
     print(json.dumps(result))

@@ -118,3 +118,14 @@ def test_plot_curves_draws_every_run_from_its_history(tmp_path):
     with pytest.raises(FileNotFoundError):
         accuracy.plot_curves([dict(_row("uniform80/l2r", 0.5), model_dir=str(tmp_path / "missing"))],
                              tmp_path / "x.png")
+
+
+def test_augment_bench_reads_the_step_time_report_and_measures_throughput():
+    from bench import augment as augment_bench
+    report = {"summary": [dict(network="wrn28-2", jit=True, batch=100, ieg_ms=900.0),
+                          dict(network="wrn28-2", jit=False, batch=100, ieg_ms=None)]}
+    assert augment_bench.reported_ieg_ms(report, "wrn28-2", True, 100) == 900.0
+    with pytest.raises(ValueError, match="no ieg time for network=wrn28-2 jit=False"):
+        augment_bench.reported_ieg_ms(report, "wrn28-2", False, 100)
+    result = augment_bench.measure(kind="small", batch=16, seconds=0.3)
+    assert result["images_per_second"] > 0 and result["weak_images_per_second"] > 0
