@@ -1,6 +1,6 @@
 """Test accuracy and label-issue quality of supervised, l2r, ieg and ieg with the threshold-T split on digits.
 
-    nice -n 10 python bench/accuracy.py --jobs 2             # 10 runs of 1000 steps, about 60 min on 2 cores
+    nice -n 10 python bench/accuracy.py --jobs 2             # 10 runs of 1246 steps, about 60 min on 2 cores
     python bench/accuracy.py --steps 200 --methods ieg supervised --noise uniform80
 
 Every run trains the same network (small_cnn) on the embedded digits data (1 probe image per class), with the
@@ -49,7 +49,7 @@ METHODS = {  # name -> (--method, extra flags)
 }
 DEFAULT_METHODS = ("supervised", "l2r", "ieg", "ieg_split")
 CLEAN_METHODS = ("supervised", "ieg")
-DEFAULT_STEPS = 1000  # ieg_tf.train.DATASET_DEFAULTS["digits"]["max_iteration"]
+DEFAULT_STEPS = 1246  # ieg_tf.train.DATASET_DEFAULTS["digits"]["max_iteration"]: the end of an SGDR cycle
 
 
 def planned_runs(methods, noises):

@@ -1,6 +1,6 @@
 """Meta-step modes against cost: step time, peak memory, digits accuracy and label-issue quality, one run.
 
-    nice -n 10 python bench/meta_modes.py --jobs 2           # 6 timings + 6 trainings of 1000 steps, ~1 h on 2 cores
+    nice -n 10 python bench/meta_modes.py --jobs 2           # 7 timings + 6 trainings of 1246 steps, ~1 h on 2 cores
     python bench/meta_modes.py --steps 100 --modes exact last_layer --every 1
 
 For each `--meta_grad_mode` (exact, approx_vjp, last_layer) and `--meta_every` k (1, 4):

@@ -53,3 +53,17 @@ def test_ema_decay_ramp():
     np.testing.assert_allclose(float(optim.ema_decay(0)), 0.1, rtol=1e-6)
     np.testing.assert_allclose(float(optim.ema_decay(10)), 11 / 20, rtol=1e-6)
     np.testing.assert_allclose(float(optim.ema_decay(100000)), 0.999, rtol=1e-6)
+
+
+def test_digits_default_budget_ends_at_the_bottom_of_an_sgdr_cycle():
+    from ieg_tf import datasets, train
+    from ieg_tf.config import RunConfig
+    run_cfg, iter_epoch = train.resolve(RunConfig(model_dir="unused"), datasets.load_dataset(datasets.DataSpec()))
+    steps = run_cfg.max_iteration
+    assert steps in optim.sgdr_restarts(iter_epoch, run_cfg.t_mul, steps + 1)
+    schedule = optim.make_schedule("cosine", run_cfg.learning_rate, decay_steps=run_cfg.decay_steps,
+                                   max_iteration=steps, t_mul=run_cfg.t_mul, m_mul=run_cfg.m_mul)
+    # The last update (iteration steps - 1) runs at the bottom of the cosine; the restart follows (the cycle
+    # length is fractional, so it comes at iteration steps or steps + 1).
+    assert float(schedule(steps - 1)) < 1e-3 * run_cfg.learning_rate
+    assert max(float(schedule(steps)), float(schedule(steps + 1))) > 0.1 * run_cfg.learning_rate
