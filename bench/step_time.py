@@ -130,7 +130,7 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def measure_config(network, jit, method, mode, meta_every, batch, warmup, steps, breakdown):
+def measure_config(network, jit, method, mode, meta_every, batch, warmup, steps, breakdown, stop_guess=False):
     """Times one configuration in this process; returns a dict (milliseconds, MiB)."""
     import keras
     import tensorflow as tf
@@ -143,7 +143,8 @@ def measure_config(network, jit, method, mode, meta_every, batch, warmup, steps,
     keras.utils.set_random_seed(0)
     net = networks.build_network(network, num_classes, shape)
     spec = net.network_spec
-    options = dict(method=method, weight_decay=spec.weight_decay, decay_kernels_only=spec.decay_kernels_only)
+    options = dict(method=method, weight_decay=spec.weight_decay, decay_kernels_only=spec.decay_kernels_only,
+                   meta_stop_guess_gradient=stop_guess)
     if mode is not None:
         options.update(meta_grad_mode=mode, meta_every=meta_every)
     trainer = IEGTrainer(net, num_classes, TrainerConfig(**options), num_train_examples=batch)
@@ -155,6 +156,7 @@ def measure_config(network, jit, method, mode, meta_every, batch, warmup, steps,
     # The whole step alone first, so the process's peak memory is the step's (plus the runtime and compiler).
     median, mean, first = _medians({"update": stages["update"]}, data, warmup, steps)["update"]
     result = dict(network=network, jit=jit, method=method, meta_grad_mode=mode, meta_every=meta_every,
+                  meta_stop_guess_gradient=stop_guess,
                   batch=batch, warmup=warmup, steps=steps, step_ms=round(median, 2), step_mean_ms=round(mean, 2),
                   first_call_s=round(first / 1000.0, 1), peak_rss_mb=round(_peak_rss_mb()),
                   rss_before_step_mb=round(baseline))
@@ -237,6 +239,8 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (tracing, XLA compile)")
     parser.add_argument("--steps", type=int, default=5, help="timed calls per function")
     parser.add_argument("--no_breakdown", action="store_true", help="time the whole step only")
+    parser.add_argument("--meta_stop_guess_gradient", action="store_true",
+                        help="ieg with the guess stop-gradiented in the look-ahead (no strong-view second order)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -263,7 +267,8 @@ def main(argv=None):
                 for mode, every in variants:
                     config = dict(network=network, jit=jit, method=method, mode=mode, meta_every=every,
                                   batch=args.batch, warmup=args.warmup, steps=args.steps,
-                                  breakdown=not args.no_breakdown and every == 1)
+                                  breakdown=not args.no_breakdown and every == 1,
+                                  stop_guess=args.meta_stop_guess_gradient and method == "ieg")
                     print(f"[step_time] {config}", file=sys.stderr, flush=True)
                     rows.append(run_child(config, args))
     report = dict(summary=summarize(rows), rows=rows)
