@@ -25,7 +25,6 @@ run is not trained again (the package resumes from its checkpoints); delete `<ou
 """
 
 import argparse
-import concurrent.futures
 import json
 import pathlib
 import sys
@@ -188,9 +187,7 @@ def main(argv=None):
               f"{row['wall_seconds']:.0f} s", flush=True)
         return row
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(one, *run) for run in planned_runs(args.methods, args.noise)]
-        rows = [future.result() for future in futures]  # table order, whatever order they finish in
+    rows = common.run_parallel(one, planned_runs(args.methods, args.noise), args.jobs)
     report = dict(steps=args.steps, seed=args.seed, jit=args.jit, runs=rows, targets=check_targets(rows))
     out.mkdir(parents=True, exist_ok=True)
     (out / "accuracy.json").write_text(json.dumps(report, indent=2))

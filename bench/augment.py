@@ -8,8 +8,9 @@ prints JSON with images per second for the weak view alone and for weak + strong
 training image), then times the ieg train step of `--network` on the same batch size in a child process
 (bench/step_time.py; XLA per `--jit`) and reports the images per second it consumes (batch / step time) and
 `headroom` = augmentation images per second / step images per second. With `--step_time_json` the ieg step time
-is read from a bench/step_time.py report (same network, XLA setting and batch) instead of measured again. Headroom above 1 means the pipeline keeps
-up; both share the CPU here, so on an accelerator, where the step leaves the CPU to tf.data, it is larger.
+is read from a bench/step_time.py report (same network, XLA setting and batch) instead of measured again.
+Headroom above 1 means the pipeline keeps up; both share the CPU here, so on an accelerator, where the step
+leaves the CPU to tf.data, it is larger.
 """
 
 import argparse

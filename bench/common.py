@@ -1,5 +1,6 @@
 """Helpers shared by the bench scripts: run the package as a subprocess, format tables."""
 
+import concurrent.futures
 import os
 import pathlib
 import subprocess
@@ -28,6 +29,14 @@ def run_python(args, log_path):
     if code:
         tail = pathlib.Path(log_path).read_text().splitlines()[-15:]
         raise RuntimeError(f"`python {' '.join(args)}` exited with {code}; end of {log_path}:\n" + "\n".join(tail))
+
+
+def run_parallel(fn, argument_tuples, jobs):
+    """[fn(*a) for a in argument_tuples], with up to `jobs` calls at once (threads; each call is expected to wait
+    on a child process). Results come back in the input order, whatever order the calls finish in."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(fn, *arguments) for arguments in argument_tuples]
+        return [future.result() for future in futures]
 
 
 def fmt(value, digits=1, scale=1.0):

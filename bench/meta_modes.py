@@ -21,7 +21,6 @@ Prints a markdown table and writes `<out>/meta_modes.json`.
 """
 
 import argparse
-import concurrent.futures
 import json
 import pathlib
 import sys
@@ -49,8 +48,11 @@ def time_configs(modes, everies, jit, warmup, steps):
 
 def train(mode, every, args):
     flags = [f"--meta_grad_mode={mode}", f"--meta_every={every}"]
-    return accuracy.run_one(NOISE, "ieg", args.steps, pathlib.Path(args.out), args.seed, args.jit, flags,
-                            run_name(mode, every))
+    result = accuracy.run_one(NOISE, "ieg", args.steps, pathlib.Path(args.out), args.seed, args.jit, flags,
+                              run_name(mode, every))
+    print(f"[meta_modes] trained {(mode, every)}: test accuracy {common.fmt(result['test_accuracy'], 1, 100)}%",
+          flush=True)
+    return result
 
 
 def combine(times, trainings):
@@ -114,12 +116,7 @@ def main(argv=None):
     trainings = {}
     if not args.no_train:
         keys = [(m, k) for m in args.modes for k in args.every]
-        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {key: pool.submit(train, *key, args) for key in keys}
-            for key, future in futures.items():
-                trainings[key] = future.result()
-                print(f"[meta_modes] trained {key}: test accuracy "
-                      f"{common.fmt(trainings[key]['test_accuracy'], 1, 100)}%", flush=True)
+        trainings = dict(zip(keys, common.run_parallel(lambda m, k: train(m, k, args), keys, args.jobs)))
     report = combine(times, trainings)
     report.update(steps=args.steps, seed=args.seed, noise=NOISE, time_jit=args.time_jit, train_jit=args.jit,
                   timings=times)

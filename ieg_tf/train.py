@@ -21,7 +21,7 @@ from ieg_tf.model import IEGTrainer
 # Per data set: the default network and budget. CIFAR follows the reference (WRN-28-10, 200k steps at B = 100);
 # the embedded digits run is sized to finish in a few minutes on a 2-core CPU.
 DATASET_DEFAULTS = {
-    # consistency_factor 5 on digits: the KL weight the paper tuned on CIFAR (20) costs the 8x8 digits 3.5 points
+    # consistency_factor 5 on digits: the KL weight the paper tuned on CIFAR (20) costs the 8x8 digits 2.3 points
     # even on clean labels (BUILD_NOTES "KL weight on the digits", BENCHMARKS.md).
     # 1246 steps: the end of the 10th SGDR cycle (one-epoch first cycle of 11 steps, t_mul 1.5, restarts at
     # 823 and 1246), so the run ends at the bottom of the learning-rate cosine, not mid-cycle.

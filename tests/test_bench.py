@@ -48,6 +48,16 @@ def test_accuracy_table_gives_issue_columns_only_to_relabelling_methods():
     assert lines[3] == "| uniform80 | ieg_split | 96.0 | 96.0 | 0.990 | 0.950 | 10 | 12 |"
 
 
+def test_accuracy_bench_default_budget_is_the_digits_default():
+    from ieg_tf import train
+    assert accuracy.DEFAULT_STEPS == train.DATASET_DEFAULTS["digits"]["max_iteration"]
+
+
+def test_run_parallel_keeps_the_input_order():
+    import time
+    assert common.run_parallel(lambda a, b: time.sleep(0.01 * a) or a * b, [(3, 1), (1, 2), (2, 3)], 3) == [3, 2, 6]
+
+
 def test_fmt_and_markdown_table():
     assert common.fmt(None) == "-" and common.fmt(0.1234, 1, 100) == "12.3" and common.fmt(7) == "7"
     assert common.markdown_table(["a", "b"], [[1, 2]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
