@@ -18,15 +18,26 @@ same budget and seed, as a separate `python -m ieg_tf.main` process (Keras keeps
 * oracle (only when asked for with --methods): supervised on just the training examples whose noisy label is
   right, i.e. a perfect label cleaner that drops the rest; same probe, test set, evaluation period and schedule.
 
-Prints a markdown table and writes `<out>/accuracy.json` and `<out>/accuracy_curves.png` (test accuracy against
-steps, one panel per noise); each run's directory (`<out>/steps<N>/<noise>_<method>`)
-holds its results.json, label_issues.csv and the plots test_accuracy.png / omega_distribution.png. A finished
-run is not trained again (the package resumes from its checkpoints); delete `<out>` to start over.
+Seeds (`--seed 12345 1 2`): every run is trained once per seed (the seed draws the probe, the noise, the input
+order and the step's randomness; the test split is fixed). The targets are then checked per seed, with the mean
+gap and whether every seed met them, and a second table gives mean / min / max over the seeds.
+
+Tuning without the test set (`--holdout`): each run trains on a stratified 2/3 of the digits training split
+(drawn with the seed) and is scored on the other third with its true labels, same schedule and KL weight as the
+digits default. `--flags='--ce_factor=2' --tag ce2` adds flags to every run and names them. Settings are chosen
+on holdout figures over several seeds, then checked once on the test set.
+
+Prints markdown tables and writes `<out>/accuracy.json` and `<out>/accuracy_curves.png` (test accuracy against
+steps, one panel per noise; `holdout_` and `_<tag>` mark the variants); each run's directory
+(`<out>/[holdout_]steps<N>_seed<S>/<noise>_<method>[_<tag>]`) holds its results.json, label_issues.csv and the
+plots test_accuracy.png / omega_distribution.png. A finished run is not trained again (the package resumes from
+its checkpoints); delete `<out>` to start over.
 """
 
 import argparse
 import json
 import pathlib
+import shlex
 import sys
 import time
 
@@ -49,6 +60,10 @@ METHODS = {  # name -> (--method, extra flags)
 DEFAULT_METHODS = ("supervised", "l2r", "ieg", "ieg_split")
 CLEAN_METHODS = ("supervised", "ieg")
 DEFAULT_STEPS = 1246  # ieg_tf.train.DATASET_DEFAULTS["digits"]["max_iteration"]: the end of an SGDR cycle
+DIGITS_KL_WEIGHT = 5.0  # ieg_tf.train.DATASET_DEFAULTS["digits"]["consistency_factor"]
+DIGITS_EPOCH = 11  # steps per epoch of the digits run: (1198 train - 10 probe) // 100, its eval period and 1st cycle
+HOLDOUT_FRACTION = 1 / 3
+HOLDOUT_NOISE = ("clean", "uniform80")  # asymmetric noise has a mapping for the named data set only
 
 
 def planned_runs(methods, noises):
@@ -79,32 +94,82 @@ def oracle_flags(noise, model_dir, seed):
             f"--eval_freq={epoch}", f"--decay_steps={epoch}"]
 
 
-def run_one(noise, method, steps, out, seed, jit, extra_flags=(), name=None):
+def holdout_flags(noise, model_dir, seed):
+    """Flags of a tuning run that never sees the test set: it trains on a stratified 2/3 of the digits training
+    split (drawn with `seed`) and is scored on the other third, with its true labels.
+
+    The package splits the probe off and injects the noise as for digits (dataset=arrays, labels taken as clean).
+    The schedule (evaluation period, first SGDR cycle) and the KL weight are the digits run's, so a setting
+    chosen here transfers to the digits default unchanged but for the 1/3 smaller training set.
+    """
+    import numpy as np
+
+    from ieg_tf import sources
+    if noise not in HOLDOUT_NOISE:
+        raise ValueError(f"--holdout supports the noise settings {HOLDOUT_NOISE}, not {noise!r}")
+    raw = sources.read_digits()
+    rest, held = sources.stratified_split(raw.train_labels, HOLDOUT_FRACTION, np.random.default_rng(seed))
+    model_dir.mkdir(parents=True, exist_ok=True)
+    path = model_dir / "holdout_data.npz"
+    np.savez(path, train_images=raw.train_images[rest], train_labels=raw.train_labels[rest],
+             test_images=raw.train_images[held], test_labels=raw.train_labels[held])
+    noise_type, ratio = NOISE[noise]
+    return ["--dataset=arrays", f"--array_file={path}", f"--noise_type={noise_type}", f"--noise_ratio={ratio}",
+            f"--eval_freq={DIGITS_EPOCH}", f"--decay_steps={DIGITS_EPOCH}", f"--consistency_factor={DIGITS_KL_WEIGHT}"]
+
+
+def run_one(noise, method, steps, out, seed, jit, extra_flags=(), name=None, holdout=False):
     """Trains one configuration (or finds it finished) and returns its results.json plus wall seconds.
 
-    `extra_flags` are appended to the method's flags; `name` (default: the method) names the run directory.
+    `extra_flags` are appended to the method's flags; `name` (default: the method) names the run directory;
+    `holdout` scores on a held-out third of the training split instead of the test set (`holdout_flags`).
     """
     noise_type, ratio = NOISE[noise]
     flag, extra = METHODS[method]
     extra = [*extra, *extra_flags]
     name = name or method
-    model_dir = out / f"steps{steps}" / f"{noise}_{name}"
-    data_flags = (oracle_flags(noise, model_dir, seed) if method == "oracle" else
+    model_dir = out / f"{'holdout_' if holdout else ''}steps{steps}_seed{seed}" / f"{noise}_{name}"
+    if holdout and method == "oracle":
+        raise ValueError("the oracle needs the digits noise realisation; it has no --holdout form")
+    data_flags = (holdout_flags(noise, model_dir, seed) if holdout else
+                  oracle_flags(noise, model_dir, seed) if method == "oracle" else
                   ["--dataset=digits", f"--noise_type={noise_type}", f"--noise_ratio={ratio}"])
     args = ["-m", "ieg_tf.main", *data_flags, "--network=small_cnn", "--probe_per_class=1", f"--method={flag}",
             *extra, f"--max_iteration={steps}", f"--seed={seed}", f"--jit_compile={jit}", f"--model_dir={model_dir}"]
     start = time.time()
-    common.run_python(args, out / "logs" / f"steps{steps}_{noise}_{name}.log")
+    common.run_python(args, out / "logs" / f"{model_dir.parent.name}_{noise}_{name}.log")
     results = json.loads((model_dir / "results.json").read_text())
     # results.json's "method" is the trainer's (ieg for ieg_split); the row keeps the benchmark's name.
-    return {**results, "run": f"{noise}/{name}", "noise": noise, "method": method, "model_dir": str(model_dir),
-            "command": "python " + " ".join(args), "wall_seconds": round(time.time() - start, 1)}
+    return {**results, "run": f"{noise}/{name}", "noise": noise, "method": method, "seed": seed,
+            "holdout": holdout, "model_dir": str(model_dir), "command": "python " + " ".join(args),
+            "wall_seconds": round(time.time() - start, 1)}
 
 
 def check_targets(rows):
     """The issue's targets, on final test accuracy: ieg at uniform80 within 2 points of the clean ceiling and at
-    least 10 points above supervised at uniform80. None where a run is missing."""
-    acc = {r["run"]: r["test_accuracy"] for r in rows}
+    least 10 points above supervised at uniform80. None where a run is missing.
+
+    With several seeds: the targets of each seed under "seed<N>", the mean gap and gain over the seeds that have
+    them, and whether every such seed met each target ("every_seed_...").
+    """
+    seeds = list(dict.fromkeys(r.get("seed") for r in rows))
+    if len(seeds) <= 1:
+        return _seed_targets(rows)
+    per_seed = {seed: _seed_targets([r for r in rows if r.get("seed") == seed]) for seed in seeds}
+    targets = {f"seed{seed}": t for seed, t in per_seed.items()}
+    for key in ("ieg_u80_gap_to_ceiling_points", "ieg_u80_gain_over_supervised_points"):
+        values = [t[key] for t in per_seed.values() if key in t]
+        if values:
+            targets[f"mean_{key}"] = round(sum(values) / len(values), 2)
+    for key in ("ieg_u80_within_2_points_of_ceiling", "ieg_u80_at_least_10_points_above_supervised"):
+        values = [t[key] for t in per_seed.values() if key in t]
+        if values:
+            targets[f"every_seed_{key}"] = all(values)
+    return targets
+
+
+def _seed_targets(rows):
+    acc = {f"{r['noise']}/{r['method']}": r["test_accuracy"] for r in rows}  # run names may carry a --tag
     ieg, ceiling, sup = acc.get("uniform80/ieg"), acc.get("clean/supervised"), acc.get("uniform80/supervised")
     targets = {}
     if ieg is not None and ceiling is not None:
@@ -124,12 +189,22 @@ def issue_cells(row):
 
 def table(rows):
     """The markdown table; supervised and l2r never relabel, so they flag nothing and get no issue columns."""
-    header = ["noise", "method", "test acc % (final)", "best %", "issue precision", "issue recall",
+    header = ["noise", "method", "seed", "test acc % (final)", "best %", "issue precision", "issue recall",
               "train s", "wall s"]
-    cells = [[r["noise"], r["method"], common.fmt(r["test_accuracy"], 1, 100),
+    cells = [[r["noise"], r["method"], r.get("seed", "-"), common.fmt(r["test_accuracy"], 1, 100),
               common.fmt(r["best_test_accuracy"], 1, 100), *issue_cells(r), common.fmt(r["seconds"], 0),
               common.fmt(r["wall_seconds"], 0)] for r in rows]
     return common.markdown_table(header, cells)
+
+
+def seed_summary(rows):
+    """Markdown table of final test accuracy per (noise, method) over the seeds: mean, min, max, count."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["noise"], r["method"]), []).append(100 * r["test_accuracy"])
+    cells = [[noise, method, f"{sum(v) / len(v):.1f}", f"{min(v):.1f}", f"{max(v):.1f}", len(v)]
+             for (noise, method), v in groups.items()]
+    return common.markdown_table(["noise", "method", "mean %", "min %", "max %", "seeds"], cells)
 
 
 def history_curve(model_dir):
@@ -139,26 +214,30 @@ def history_curve(model_dir):
 
 
 def plot_curves(rows, path):
-    """One panel per noise setting: EMA test accuracy against steps, one line per method; the clean-label
-    ceiling (clean/supervised, final accuracy) as a dotted line in every panel."""
+    """One panel per noise setting: EMA test accuracy against steps, one line per run (labelled with its seed
+    when there are several); the clean-label ceiling (clean/supervised, final accuracy, mean over seeds) as a
+    dotted line in every panel."""
     from matplotlib.figure import Figure
     noises = list(dict.fromkeys(r["noise"] for r in rows if r["noise"] != "clean"))
-    ceiling = next((r["test_accuracy"] for r in rows if r["run"] == "clean/supervised"), None)
+    ceilings = [r["test_accuracy"] for r in rows if (r["noise"], r["method"]) == ("clean", "supervised")]
+    several_seeds = len({r.get("seed") for r in rows}) > 1
     fig = Figure(figsize=(5.5 * max(len(noises), 1), 4), dpi=100)
     axes = fig.subplots(1, max(len(noises), 1), squeeze=False)[0]
     for ax, noise in zip(axes, noises or ["clean"]):
         for r in rows:
             if r["noise"] == noise or (r["noise"] == "clean" and r["method"] == "ieg"):
                 steps, acc = history_curve(r["model_dir"])
-                ax.plot(steps, [100 * a for a in acc], label=r["run"], linewidth=1.2)
-        if ceiling is not None:
-            ax.axhline(100 * ceiling, color="black", linestyle=":", label="clean/supervised (ceiling)")
+                label = f"{r['run']} seed {r.get('seed')}" if several_seeds else r["run"]
+                ax.plot(steps, [100 * a for a in acc], label=label, linewidth=1.2)
+        if ceilings:
+            ax.axhline(100 * sum(ceilings) / len(ceilings), color="black", linestyle=":",
+                       label="clean/supervised (ceiling)")
         ax.set_title(f"digits, {noise}")
         ax.set_xlabel("step")
         ax.set_ylabel("test accuracy (EMA) %")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="lower right", fontsize=8 if len(rows) < 12 else 6)
     fig.tight_layout()
     fig.savefig(path, format="png")
     return path
@@ -171,30 +250,50 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(DEFAULT_METHODS),
                         help="oracle is a diagnostic, off by default")
     parser.add_argument("--noise", nargs="+", choices=list(NOISE), default=list(NOISE))
-    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--seed", type=int, nargs="+", default=[12345],
+                        help="one or more seeds; every run is trained once per seed")
+    parser.add_argument("--holdout", action="store_true",
+                        help="tuning mode: train on 2/3 of the training split and score on the other third "
+                             f"(never the test set); noise {' or '.join(HOLDOUT_NOISE)} only")
+    parser.add_argument("--flags", default="",
+                        help="extra ieg_tf.main flags for every run, written with '=' as the value starts with "
+                             "--: --flags='--ce_factor=2'; needs --tag")
+    parser.add_argument("--tag", default="", help="names the runs and reports of a --flags variant")
     parser.add_argument("--jit", choices=("auto", "true", "false"), default="auto",
                         help="XLA for the train step (auto = on, one device)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (each is its own process)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.jobs < 1:
         parser.error(f"--steps and --jobs must be >= 1, got {args.steps} and {args.jobs}")
+    if args.flags and not args.tag:
+        parser.error("--flags changes what a run trains, so give it a --tag (it names the run directories)")
+    if args.holdout and (set(args.noise) - set(HOLDOUT_NOISE) or "oracle" in args.methods):
+        parser.error(f"--holdout runs the noise settings {', '.join(HOLDOUT_NOISE)} and no oracle; pass "
+                     f"--noise {' '.join(HOLDOUT_NOISE)} and leave oracle out of --methods")
     out = pathlib.Path(args.out)
+    extra = shlex.split(args.flags)
 
-    def one(noise, method):
-        print(f"[accuracy] {noise}/{method}: {args.steps} steps ...", flush=True)
-        row = run_one(noise, method, args.steps, out, args.seed, args.jit)
-        print(f"[accuracy] {noise}/{method}: test accuracy {common.fmt(row['test_accuracy'], 1, 100)}%, "
-              f"{row['wall_seconds']:.0f} s", flush=True)
+    def one(seed, noise, method):
+        name = f"{method}_{args.tag}" if args.tag else method
+        print(f"[accuracy] seed {seed} {noise}/{name}: {args.steps} steps ...", flush=True)
+        row = run_one(noise, method, args.steps, out, seed, args.jit, extra, name, holdout=args.holdout)
+        print(f"[accuracy] seed {seed} {noise}/{name}: {'holdout' if args.holdout else 'test'} accuracy "
+              f"{common.fmt(row['test_accuracy'], 1, 100)}%, {row['wall_seconds']:.0f} s", flush=True)
         return row
 
-    rows = common.run_parallel(one, planned_runs(args.methods, args.noise), args.jobs)
-    report = dict(steps=args.steps, seed=args.seed, jit=args.jit, runs=rows, targets=check_targets(rows))
+    plan = [(seed, noise, method) for seed in args.seed for noise, method in planned_runs(args.methods, args.noise)]
+    rows = common.run_parallel(one, plan, args.jobs)
+    report = dict(steps=args.steps, seeds=args.seed, holdout=args.holdout, flags=extra, jit=args.jit, runs=rows,
+                  targets=check_targets(rows))
+    stem = "_".join(filter(None, ["holdout" if args.holdout else "", "accuracy", args.tag]))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "accuracy.json").write_text(json.dumps(report, indent=2))
-    plot_curves(rows, out / "accuracy_curves.png")
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    plot_curves(rows, out / f"{stem}_curves.png")
     print(table(rows))
+    if len(args.seed) > 1:
+        print(seed_summary(rows))
     print(json.dumps(report["targets"]))
-    print(f"written: {out / 'accuracy.json'}, {out / 'accuracy_curves.png'}")
+    print(f"written: {out / f'{stem}.json'}, {out / f'{stem}_curves.png'}")
 
 
 if __name__ == "__main__":

@@ -130,8 +130,15 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def measure_config(network, jit, method, mode, meta_every, batch, warmup, steps, breakdown, stop_guess=False):
-    """Times one configuration in this process; returns a dict (milliseconds, MiB)."""
+def measure_config(network, jit, method, mode, meta_every, batch, warmup, steps, breakdown, stop_guess=False,
+                   without_meta=False):
+    """Times one configuration in this process; returns a dict (milliseconds, MiB).
+
+    `without_meta` (ieg, XLA off) times the ieg step with the meta step skipped: every step reuses omega*, lambda*
+    from the cache (meta_every so large that no timed step is due), so what is left is the objective's own work,
+    the weak and strong forwards, label guessing, the MixUp forward, KL and the backward of it all. It is the
+    floor of any meta-step variant of the reference's objective.
+    """
     import keras
     import tensorflow as tf
 
@@ -145,21 +152,30 @@ def measure_config(network, jit, method, mode, meta_every, batch, warmup, steps,
     spec = net.network_spec
     options = dict(method=method, weight_decay=spec.weight_decay, decay_kernels_only=spec.decay_kernels_only,
                    meta_stop_guess_gradient=stop_guess)
+    if without_meta:
+        if method != "ieg" or jit:
+            raise ValueError("without_meta times ieg with XLA off (under XLA:CPU the skipped branch still runs)")
+        mode, meta_every = mode or "exact", 2**31 - 1
     if mode is not None:
         options.update(meta_grad_mode=mode, meta_every=meta_every)
     trainer = IEGTrainer(net, num_classes, TrainerConfig(**options), num_train_examples=batch)
-    trainer.compile()
+    trainer.compile(jit_compile=jit)
     data = _synthetic_batch(shape, batch, num_classes)
-    steps = -(-steps // meta_every) * meta_every  # whole meta_every cycles, so the mean is the amortised cost
+    if without_meta:
+        trainer.optimizer.iterations.assign(1)  # due only at multiples of meta_every: never while timed
+    else:
+        steps = -(-steps // meta_every) * meta_every  # whole meta_every cycles, so the mean is the amortised cost
     baseline = _peak_rss_mb()
     stages = _stage_functions(trainer, method, jit)
     # The whole step alone first, so the process's peak memory is the step's (plus the runtime and compiler).
     median, mean, first = _medians({"update": stages["update"]}, data, warmup, steps)["update"]
     result = dict(network=network, jit=jit, method=method, meta_grad_mode=mode, meta_every=meta_every,
-                  meta_stop_guess_gradient=stop_guess,
+                  meta_stop_guess_gradient=stop_guess, without_meta=without_meta,
                   batch=batch, warmup=warmup, steps=steps, step_ms=round(median, 2), step_mean_ms=round(mean, 2),
                   first_call_s=round(first / 1000.0, 1), peak_rss_mb=round(_peak_rss_mb()),
                   rss_before_step_mb=round(baseline))
+    if trainer.meta_cache is not None:  # written on solved steps only: shows whether any ran
+        result["meta_solved_while_timed"] = bool((trainer.meta_cache.relative_weight.numpy() >= 0).any())
     try:
         result["tf_peak_memory_mb"] = round(tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20)
     except (ValueError, tf.errors.OpError):
@@ -191,22 +207,30 @@ def _typical_ms(row):
     return row["step_ms"] if row["meta_every"] == 1 else row["step_mean_ms"]
 
 
+def _config_name(row):
+    if row.get("without_meta"):
+        return "ieg/without_meta"
+    return row["method"] if row["meta_grad_mode"] is None else f"ieg/{row['meta_grad_mode']}/every{row['meta_every']}"
+
+
 def summarize(rows):
     """One entry per (network, jit): supervised_ms, ieg_ms (exact meta step), ratio, breakdowns, modes."""
     summary = []
     for network, jit in dict.fromkeys((r["network"], r["jit"]) for r in rows):
         group = [r for r in rows if (r["network"], r["jit"]) == (network, jit)]
         sup = next((r for r in group if r["method"] == "supervised"), None)
-        iegs = [r for r in group if r["method"] == "ieg"]
+        iegs = [r for r in group if r["method"] == "ieg" and not r.get("without_meta")]
+        floor = next((r for r in group if r.get("without_meta")), None)
         ieg = next((r for r in iegs if r["meta_grad_mode"] in (None, "exact") and r["meta_every"] == 1), None)
         entry = dict(network=network, jit=jit, batch=group[0]["batch"],
                      supervised_ms=sup and sup["step_ms"], ieg_ms=ieg and ieg["step_ms"])
         entry["ratio"] = round(ieg["step_ms"] / sup["step_ms"], 2) if sup and ieg else None
+        if floor:  # the objective without its meta step: the floor of every meta-step variant
+            entry["ieg_without_meta_ms"] = floor["step_ms"]
+            entry["ratio_without_meta"] = round(floor["step_ms"] / sup["step_ms"], 2) if sup else None
         entry["ieg_breakdown_ms"] = ieg and ieg.get("breakdown_ms")
         entry["supervised_breakdown_ms"] = sup and sup.get("breakdown_ms")
-        entry["peak_rss_mb"] = {r["method"] if r["meta_grad_mode"] is None else
-                                f"ieg/{r['meta_grad_mode']}/every{r['meta_every']}": r["peak_rss_mb"]
-                                for r in group}
+        entry["peak_rss_mb"] = {_config_name(r): r["peak_rss_mb"] for r in group}
         entry["modes"] = {f"{r['meta_grad_mode']}/every{r['meta_every']}": dict(
             ieg_ms=_typical_ms(r), ratio=round(_typical_ms(r) / sup["step_ms"], 2) if sup else None,
             peak_rss_mb=r["peak_rss_mb"], breakdown_ms=r.get("breakdown_ms"))
@@ -221,7 +245,8 @@ def table(rows):
     cells = []
     for r in rows:
         parts = r.get("breakdown_ms") or {}
-        mode = "-" if r["meta_grad_mode"] is None else f"{r['meta_grad_mode']} (every {r['meta_every']})"
+        mode = ("none (skipped)" if r.get("without_meta") else "-" if r["meta_grad_mode"] is None else
+                f"{r['meta_grad_mode']} (every {r['meta_every']})")
         cells.append([r["network"], "on" if r["jit"] else "off", r["method"], mode, common.fmt(_typical_ms(r))]
                      + [common.fmt(parts.get(s)) for s in STAGES] + [common.fmt(r["peak_rss_mb"], 0)])
     return common.markdown_table(header, cells)
@@ -241,6 +266,8 @@ def main(argv=None):
     parser.add_argument("--no_breakdown", action="store_true", help="time the whole step only")
     parser.add_argument("--meta_stop_guess_gradient", action="store_true",
                         help="ieg with the guess stop-gradiented in the look-ahead (no strong-view second order)")
+    parser.add_argument("--without_meta", action="store_true",
+                        help="also time ieg with its meta step skipped (XLA off only): the objective's own cost")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -269,6 +296,12 @@ def main(argv=None):
                                   batch=args.batch, warmup=args.warmup, steps=args.steps,
                                   breakdown=not args.no_breakdown and every == 1,
                                   stop_guess=args.meta_stop_guess_gradient and method == "ieg")
+                    print(f"[step_time] {config}", file=sys.stderr, flush=True)
+                    rows.append(run_child(config, args))
+                if method == "ieg" and args.without_meta and not jit:
+                    config = dict(network=network, jit=False, method="ieg", mode=None, meta_every=1,
+                                  batch=args.batch, warmup=args.warmup, steps=args.steps, breakdown=False,
+                                  without_meta=True)
                     print(f"[step_time] {config}", file=sys.stderr, flush=True)
                     rows.append(run_child(config, args))
     report = dict(summary=summarize(rows), rows=rows)

@@ -55,6 +55,12 @@ flags.DEFINE_enum("meta_grad_mode", "exact", META_GRAD_MODES, "Meta gradient: ex
                   "paper), approx_vjp (first order, no theta' forward), last_layer (look-ahead through the classifier).")
 flags.DEFINE_integer("meta_every", 1, "Solve omega*, lambda* every k steps and reuse them in between.", lower_bound=1)
 flags.DEFINE_float("ema_decay", 0.999, "EMA decay cap.", lower_bound=0.0, upper_bound=0.999999)
+flags.DEFINE_float("sharpen_temperature", 0.5, "T of the guessed label's sharpening (1 = no sharpening).",
+                   lower_bound=0.01, upper_bound=1.0)
+flags.DEFINE_float("mixup_beta", 0.5, "beta of the MixUp coefficient m = max(a, 1-a), a = u^(1/beta)/2.",
+                   lower_bound=0.01)
+flags.DEFINE_float("probe_weight_decay", None, "wd of the meta step's probe objective (default: the network's "
+                   "weight decay, as the reference).", lower_bound=0.0)
 
 # Network and optimisation.
 flags.DEFINE_string("network", None, "Network name (wrn28-10, wrn28-2, resnet29, resnet50, small_cnn, mlp); "
@@ -117,7 +123,8 @@ def configs_from_flags():
         meta_stepsize=f.meta_stepsize, meta_momentum=f.meta_momentum, grad_eps_init=f.grad_eps_init,
         clean_threshold=f.clean_threshold, ema_decay=f.ema_decay, seed=f.seed,
         meta_stop_guess_gradient=f.meta_stop_guess_gradient, meta_grad_mode=f.meta_grad_mode,
-        meta_every=f.meta_every)
+        meta_every=f.meta_every, sharpen_temperature=f.sharpen_temperature, mixup_beta=f.mixup_beta,
+        probe_weight_decay=f.probe_weight_decay)
     run_cfg = RunConfig(
         model_dir=f.model_dir, network=f.network, batch_size=f.batch_size, max_iteration=f.max_iteration,
         epochs=f.epochs, eval_freq=f.eval_freq, learning_rate=f.learning_rate, lr_schedule=f.lr_schedule,

@@ -7,10 +7,11 @@ import pytest
 from bench import accuracy, common, meta_modes, step_time
 
 
-def _row(run, acc, method=None, precision=None, recall=None):
+def _row(run, acc, method=None, precision=None, recall=None, seed=12345):
     noise, name = run.split("/")
     return dict(run=run, noise=noise, method=method or name, test_accuracy=acc, best_test_accuracy=acc,
-                label_issue_precision=precision, label_issue_recall=recall, seconds=10.0, wall_seconds=12.0)
+                label_issue_precision=precision, label_issue_recall=recall, seconds=10.0, wall_seconds=12.0,
+                seed=seed)
 
 
 def test_planned_runs_clean_only_ceiling_and_ieg_and_oracle_only_on_request():
@@ -43,9 +44,71 @@ def test_check_targets_leaves_out_what_was_not_run():
 def test_accuracy_table_gives_issue_columns_only_to_relabelling_methods():
     rows = [_row("uniform80/supervised", 0.5), _row("uniform80/ieg_split", 0.96, precision=0.99, recall=0.95)]
     lines = accuracy.table(rows).splitlines()
-    assert lines[0].startswith("| noise | method | test acc % (final)")
-    assert lines[2] == "| uniform80 | supervised | 50.0 | 50.0 | - | - | 10 | 12 |"
-    assert lines[3] == "| uniform80 | ieg_split | 96.0 | 96.0 | 0.990 | 0.950 | 10 | 12 |"
+    assert lines[0].startswith("| noise | method | seed | test acc % (final)")
+    assert lines[2] == "| uniform80 | supervised | 12345 | 50.0 | 50.0 | - | - | 10 | 12 |"
+    assert lines[3] == "| uniform80 | ieg_split | 12345 | 96.0 | 96.0 | 0.990 | 0.950 | 10 | 12 |"
+
+
+def test_check_targets_over_seeds_reports_each_seed_the_mean_and_every_seed():
+    rows = [_row("clean/supervised", 0.985, seed=1), _row("uniform80/ieg", 0.975, seed=1),
+            _row("uniform80/supervised", 0.3, seed=1),
+            _row("clean/supervised", 0.98, seed=2), _row("uniform80/ieg", 0.95, seed=2),
+            _row("uniform80/supervised", 0.3, seed=2)]
+    targets = accuracy.check_targets(rows)
+    assert targets["seed1"]["ieg_u80_within_2_points_of_ceiling"] is True
+    assert targets["seed2"]["ieg_u80_within_2_points_of_ceiling"] is False
+    assert targets["mean_ieg_u80_gap_to_ceiling_points"] == pytest.approx((1.0 + 3.0) / 2, abs=0.01)
+    assert targets["every_seed_ieg_u80_within_2_points_of_ceiling"] is False
+    assert targets["every_seed_ieg_u80_at_least_10_points_above_supervised"] is True
+    # A --tag renames the runs, not the methods the targets read.
+    tagged = [dict(r, run=r["run"] + "_t") for r in rows[:3]]
+    assert accuracy.check_targets(tagged)["ieg_u80_gap_to_ceiling_points"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_seed_summary_gives_mean_min_max_per_setting():
+    rows = [_row("uniform80/ieg", 0.95, seed=1), _row("uniform80/ieg", 0.97, seed=2),
+            _row("clean/supervised", 0.98, seed=1)]
+    lines = accuracy.seed_summary(rows).splitlines()
+    assert lines[2] == "| uniform80 | ieg | 96.0 | 95.0 | 97.0 | 2 |"
+    assert lines[3] == "| clean | supervised | 98.0 | 98.0 | 98.0 | 1 |"
+
+
+def test_holdout_split_is_a_seeded_stratified_third_of_the_training_split_only(tmp_path):
+    import numpy as np
+
+    from ieg_tf import sources, train
+    raw = sources.read_digits()
+    flags = accuracy.holdout_flags("uniform80", tmp_path / "a", seed=1)
+    data = np.load(tmp_path / "a" / "holdout_data.npz")
+    assert f"--array_file={tmp_path / 'a' / 'holdout_data.npz'}" in flags and "--dataset=arrays" in flags
+    assert {"--noise_type=uniform", "--noise_ratio=0.8", f"--eval_freq={accuracy.DIGITS_EPOCH}",
+            f"--decay_steps={accuracy.DIGITS_EPOCH}"} <= set(flags)
+    train_x, held_x = data["train_images"], data["test_images"]
+    assert len(train_x) + len(held_x) == len(raw.train_labels)
+    assert abs(len(held_x) - len(raw.train_labels) / 3) <= 10
+    # Every held-out image is a training-split image (never a test image), and none is also trained on.
+    key = lambda x: {a.tobytes() for a in x}  # noqa: E731
+    assert key(held_x) <= key(raw.train_images) and not key(held_x) & key(raw.test_images)
+    assert not key(held_x) & key(train_x)
+    counts = np.bincount(data["test_labels"], minlength=10)  # stratified: 1/3 of each class (117-122 images)
+    assert counts.min() >= 38 and counts.max() <= 41
+    other = accuracy.holdout_flags("clean", tmp_path / "b", seed=2)
+    assert "--noise_type=none" in other
+    assert key(np.load(tmp_path / "b" / "holdout_data.npz")["test_images"]) != key(held_x)
+    with pytest.raises(ValueError, match="holdout supports"):
+        accuracy.holdout_flags("asym40", tmp_path / "c", seed=1)
+    # The schedule and KL weight written here are the digits default's.
+    assert f"--consistency_factor={train.DATASET_DEFAULTS['digits']['consistency_factor']}" in flags
+    assert accuracy.DIGITS_EPOCH == (len(raw.train_labels) - 10) // 100
+
+
+def test_accuracy_cli_refuses_untagged_flags_and_holdout_without_its_noise(capsys):
+    with pytest.raises(SystemExit):
+        accuracy.main(["--flags=--ce_factor=2"])
+    assert "give it a --tag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        accuracy.main(["--holdout", "--noise", "asym40"])
+    assert "--holdout runs the noise settings" in capsys.readouterr().err
 
 
 def test_accuracy_bench_default_budget_is_the_digits_default():
@@ -116,6 +179,30 @@ def test_measure_config_times_a_real_step_and_every_stage(method, stop_guess, br
     assert all(cumulative[s] > 0 for s in stages)
     # The breakdown is the difference of consecutive cumulative medians, so it sums to the last one.
     assert sum(result["breakdown_ms"].values()) == pytest.approx(cumulative["update"], abs=0.05)
+
+
+def test_without_meta_times_the_ieg_step_with_no_meta_step_solved():
+    common_args = dict(network="small_cnn", jit=False, method="ieg", batch=8, warmup=1, steps=2, breakdown=False)
+    skipped = step_time.measure_config(mode=None, meta_every=1, without_meta=True, **common_args)
+    assert skipped["without_meta"] is True and skipped["step_ms"] > 0
+    assert skipped["meta_solved_while_timed"] is False
+    # The same cache with a due step does record a solve, so the check above can fail.
+    solving = step_time.measure_config(mode="exact", meta_every=2, **common_args)
+    assert solving["meta_solved_while_timed"] is True
+    with pytest.raises(ValueError, match="XLA off"):
+        step_time.measure_config(mode=None, meta_every=1, without_meta=True, **dict(common_args, jit=True))
+
+
+def test_summary_gives_the_ratio_without_meta():
+    base = dict(network="wrn28-2", jit=False, batch=100, meta_every=1, peak_rss_mb=1, step_mean_ms=None)
+    rows = [dict(base, method="supervised", meta_grad_mode=None, step_ms=100.0),
+            dict(base, method="ieg", meta_grad_mode="exact", step_ms=800.0),
+            dict(base, method="ieg", meta_grad_mode="exact", meta_every=2**31 - 1, step_ms=500.0,
+                 without_meta=True)]
+    [entry] = step_time.summarize(rows)
+    assert entry["ratio"] == 8.0 and entry["ieg_without_meta_ms"] == 500.0 and entry["ratio_without_meta"] == 5.0
+    assert list(entry["modes"]) == ["exact/every1"] and "ieg/without_meta" in entry["peak_rss_mb"]
+    assert "none (skipped)" in step_time.table(rows)
 
 
 def test_plot_curves_draws_every_run_from_its_history(tmp_path):

@@ -150,3 +150,22 @@ def test_kl_weight_default_is_per_data_set_and_a_given_flag_wins(args, expected)
     finally:
         flags.FLAGS.unparse_flags()
     assert trainer_cfg.consistency_factor == expected
+
+
+def test_algorithm_constants_reach_the_trainer_config_and_default_to_the_reference():
+    from absl import flags
+    from ieg_tf import main
+    from ieg_tf.config import TrainerConfig
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(["ieg_tf"])
+        _, default, _ = main.configs_from_flags()
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["ieg_tf", "--sharpen_temperature=1", "--mixup_beta=0.75", "--probe_weight_decay=0"])
+        _, given, _ = main.configs_from_flags()
+    finally:
+        flags.FLAGS.unparse_flags()
+    reference = TrainerConfig()
+    assert (default.sharpen_temperature, default.mixup_beta, default.probe_weight_decay) == (
+        reference.sharpen_temperature, reference.mixup_beta, None)
+    assert (given.sharpen_temperature, given.mixup_beta, given.probe_weight_decay) == (1.0, 0.75, 0.0)
