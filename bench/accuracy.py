@@ -140,9 +140,34 @@ def run_one(noise, method, steps, out, seed, jit, extra_flags=(), name=None, hol
     common.run_python(args, out / "logs" / f"{model_dir.parent.name}_{noise}_{name}.log")
     results = json.loads((model_dir / "results.json").read_text())
     # results.json's "method" is the trainer's (ieg for ieg_split); the row keeps the benchmark's name.
+    errors = suggestion_errors(model_dir) if flag == "ieg" else None
     return {**results, "run": f"{noise}/{name}", "noise": noise, "method": method, "seed": seed,
+            "suggestion_errors": errors,
             "holdout": holdout, "model_dir": str(model_dir), "command": "python " + " ".join(args),
             "wall_seconds": round(time.time() - start, 1)}
+
+
+def suggestion_errors(model_dir, top=5):
+    """Where a run's suggested labels (label_issues.csv) are wrong: their accuracy against the true labels over
+    the training set, and the most frequent (true, suggested) pairs among the wrong ones, as "t->s": count.
+
+    Errors that concentrate on a few pairs are whole groups of look-alike images locked into one wrong class.
+    None when the run wrote no true labels.
+    """
+    import csv
+    path = pathlib.Path(model_dir) / "label_issues.csv"
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("true_label", "") not in ("", "-1")]
+    if not rows:
+        return None
+    pairs = {}
+    for r in rows:
+        if r["suggested_label"] != r["true_label"]:
+            key = f"{r['true_label']}->{r['suggested_label']}"
+            pairs[key] = pairs.get(key, 0) + 1
+    wrong = sum(pairs.values())
+    return dict(suggested_accuracy=round(1 - wrong / len(rows), 4), wrong=wrong,
+                top_pairs=dict(sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:top]))
 
 
 def check_targets(rows):
@@ -279,6 +304,8 @@ def main(argv=None):
         row = run_one(noise, method, args.steps, out, seed, args.jit, extra, name, holdout=args.holdout)
         print(f"[accuracy] seed {seed} {noise}/{name}: {'holdout' if args.holdout else 'test'} accuracy "
               f"{common.fmt(row['test_accuracy'], 1, 100)}%, {row['wall_seconds']:.0f} s", flush=True)
+        if row["suggestion_errors"]:
+            print(f"[accuracy] seed {seed} {noise}/{name}: suggested labels {row['suggestion_errors']}", flush=True)
         return row
 
     plan = [(seed, noise, method) for seed in args.seed for noise, method in planned_runs(args.methods, args.noise)]
