@@ -21,6 +21,7 @@ import dataclasses
 import tensorflow as tf
 
 from ieg_tf import image_ops as ops
+from ieg_tf import random_ops
 
 OPS = ("Identity", "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
        "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout")
@@ -100,24 +101,8 @@ RANDAUG_OPS = ("Identity", "AutoContrast", "Equalize", "Rotate", "Solarize", "Co
                "Sharpness", "ShearX", "TranslateX", "TranslateY", "Posterize", "ShearY")
 
 
-# Random draws must agree with and without jit_compile: an explicit algorithm ("auto_select" may change under XLA),
-# and floats built from 24-bit integers, because float `stateless_uniform` differs between the XLA and TF kernels.
-RNG = "philox"
-
-
-def split(seed, n):
-    """`n` independent stateless seeds derived from `seed`."""
-    return tf.unstack(tf.random.experimental.stateless_split(seed, n, alg=RNG))
-
-
-def randint(shape, seed, minval, maxval):
-    """Uniform int32 in [minval, maxval)."""
-    return tf.random.stateless_uniform(shape, seed, minval, maxval, dtype=tf.int32, alg=RNG)
-
-
-def uniform(shape, seed):
-    """Uniform float32 in [0, 1) on a 2^-24 grid."""
-    return tf.cast(randint(shape, seed, 0, 1 << 24), tf.float32) / float(1 << 24)
+# Random draws that agree with and without jit_compile (re-exported: augment.py draws through this module).
+RNG, split, randint, uniform = random_ops.RNG, random_ops.split, random_ops.randint, random_ops.uniform
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,17 +2,7 @@
 
 import tensorflow as tf
 
-# The step must draw the same numbers with and without jit_compile. An explicit algorithm is needed ("auto_select"
-# may differ under XLA), and even with Philox, TF 2.21's float `stateless_uniform` differs between the XLA and TF
-# kernels on CPU while the integer draw agrees; so floats are built from 24-bit integers.
-RNG = "philox"
-_FLOAT_BITS = 24
-
-
-def uniform(shape, seed):
-    """U[0, 1) float32 on a 2^-24 grid (float32's resolution), identical under XLA and TF kernels."""
-    ints = tf.random.stateless_uniform(shape, seed, 0, 1 << _FLOAT_BITS, dtype=tf.int32, alg=RNG)
-    return tf.cast(ints, tf.float32) / float(1 << _FLOAT_BITS)
+from ieg_tf.random_ops import RNG, uniform
 
 
 def mixup_coefficient(uniform, beta=0.5):

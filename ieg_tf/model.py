@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from ieg_tf import losses, meta, mixup
 from ieg_tf.config import TrainerConfig
-from ieg_tf.mixup import RNG
+from ieg_tf.random_ops import RNG
 from ieg_tf.example_stats import ExampleStats
 from ieg_tf.optim import TF1Momentum, ema_decay
 
