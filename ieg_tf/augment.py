@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from ieg_tf import autoaugment
 from ieg_tf import image_ops
+from ieg_tf import random_ops
 
 KINDS = ("cifar", "small", "imagenet")
 POLICIES = ("autoaug", "randaug", "none")
@@ -52,18 +53,18 @@ def _split(seed, n):
     if seed.dtype not in (tf.int32, tf.int64) or seed.shape.as_list() != [2]:
         raise ValueError(f"seed must be a stateless seed: int32/int64 of shape [2], got {seed.dtype.name} "
                          f"{seed.shape}; e.g. tf.constant([step, 0])")
-    return autoaugment.split(seed, n)
+    return random_ops.split(seed, n)
 
 
 def crop_and_flip(x, pad, max_offset, flip, seed, fill=0.0):
     """Per image: pad by `pad` with `fill`, crop back at offsets 0..max_offset, then flip with probability 0.5."""
     shape = tf.shape(x)
     offset_seed, flip_seed = _split(seed, 2)
-    offsets = autoaugment.randint([shape[0], 2], offset_seed, 0, max_offset + 1) - pad
+    offsets = random_ops.randint([shape[0], 2], offset_seed, 0, max_offset + 1) - pad
     rows = tf.range(shape[1])[None, :] + offsets[:, :1]
     cols = tf.range(shape[2])[None, :]
     if flip:
-        flipped = autoaugment.uniform([shape[0], 1], flip_seed) < 0.5
+        flipped = random_ops.uniform([shape[0], 1], flip_seed) < 0.5
         cols = tf.where(flipped, shape[2] - 1 - cols, cols)
     cols = cols + offsets[:, 1:]
     out = tf.gather(x, tf.clip_by_value(rows, 0, shape[1] - 1), axis=1, batch_dims=1)
@@ -85,8 +86,8 @@ def _inception_boxes(height, width, batch, seed, attempts=10, fallback=224 / 256
     """
     area_seed, ratio_seed, place_seed = _split(seed, 3)
     h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-    area = (0.08 + 0.92 * autoaugment.uniform([batch, attempts], area_seed)) * h * w
-    log_ratio = math.log(3 / 4) + math.log(16 / 9) * autoaugment.uniform([batch, attempts], ratio_seed)
+    area = (0.08 + 0.92 * random_ops.uniform([batch, attempts], area_seed)) * h * w
+    log_ratio = math.log(3 / 4) + math.log(16 / 9) * random_ops.uniform([batch, attempts], ratio_seed)
     ratio = tf.exp(log_ratio)
     crop_w, crop_h = tf.round(tf.sqrt(area * ratio)), tf.round(tf.sqrt(area / ratio))
     fits = (crop_w >= 1) & (crop_w <= w) & (crop_h >= 1) & (crop_h <= h)
@@ -95,7 +96,7 @@ def _inception_boxes(height, width, batch, seed, attempts=10, fallback=224 / 256
     side = tf.floor(fallback * tf.minimum(h, w))
     crop_h = tf.where(found, tf.gather(crop_h, first, batch_dims=1), side)
     crop_w = tf.where(found, tf.gather(crop_w, first, batch_dims=1), side)
-    place = autoaugment.uniform([batch, 2], place_seed)
+    place = random_ops.uniform([batch, 2], place_seed)
     top = tf.where(found, tf.floor(place[:, 0] * (h - crop_h + 1)), tf.floor((h - side + 1) / 2))
     left = tf.where(found, tf.floor(place[:, 1] * (w - crop_w + 1)), tf.floor((w - side + 1) / 2))
     return [tf.cast(v, tf.int32) for v in (top, left, crop_h, crop_w)]

@@ -21,7 +21,7 @@ import dataclasses
 import tensorflow as tf
 
 from ieg_tf import image_ops as ops
-from ieg_tf import random_ops
+from ieg_tf.random_ops import randint, split, uniform
 
 OPS = ("Identity", "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color",
        "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout")
@@ -99,10 +99,6 @@ IMAGENET_POLICY_V0 = (
 # RandAugment's op list of the reference (`randaugment.RANDOM_POLICY_OPS`).
 RANDAUG_OPS = ("Identity", "AutoContrast", "Equalize", "Rotate", "Solarize", "Color", "Contrast", "Brightness",
                "Sharpness", "ShearX", "TranslateX", "TranslateY", "Posterize", "ShearY")
-
-
-# Random draws that agree with and without jit_compile (re-exported: augment.py draws through this module).
-RNG, split, randint, uniform = random_ops.RNG, random_ops.split, random_ops.randint, random_ops.uniform
 
 
 @dataclasses.dataclass(frozen=True)

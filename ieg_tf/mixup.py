@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from ieg_tf.random_ops import RNG, uniform
+from ieg_tf.random_ops import split, uniform
 
 
 def mixup_coefficient(uniform, beta=0.5):
@@ -23,7 +23,7 @@ def mixup(images, targets, seed, beta=0.5):
     Returns:
       (mixed images, mixed targets); row r is m_r * row_r + (1 - m_r) * row_pi(r).
     """
-    perm_seed, coef_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2, alg=RNG))
+    perm_seed, coef_seed = split(seed, 2)
     n = tf.shape(images)[0]
     perm = tf.argsort(uniform([n], perm_seed))
     m = mixup_coefficient(uniform([n], coef_seed), beta)

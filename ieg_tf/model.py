@@ -15,9 +15,8 @@ import typing
 import keras
 import tensorflow as tf
 
-from ieg_tf import losses, meta, mixup
+from ieg_tf import losses, meta, mixup, random_ops
 from ieg_tf.config import TrainerConfig
-from ieg_tf.random_ops import RNG
 from ieg_tf.example_stats import ExampleStats
 from ieg_tf.optim import TF1Momentum, ema_decay
 
@@ -143,8 +142,7 @@ class IEGTrainer(keras.Model):
             replica = tf.distribute.get_replica_context()
             replica_id = replica.replica_id_in_sync_group if replica is not None else 0
         seed = tf.constant([self.config.seed, 0], tf.int32)
-        seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(self.optimizer.iterations, tf.int32), alg=RNG)
-        return tf.random.experimental.stateless_fold_in(seed, tf.cast(replica_id, tf.int32), alg=RNG)
+        return random_ops.fold_in(random_ops.fold_in(seed, self.optimizer.iterations), replica_id)
 
     def compute_gradients(self, data, seed):
         """One replica's step without side effects: a StepResult (see its fields).
@@ -242,9 +240,9 @@ class IEGTrainer(keras.Model):
         if cfg.ce_factor == 0:  # the reference drops the whole term, probe part included
             return tf.zeros([]), tf.zeros([])
         batch = tf.shape(x)[0]
-        draw_seed, mix_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2, alg=RNG))
+        draw_seed, mix_seed = random_ops.split(seed, 2)
         # B probe rows drawn uniformly with replacement from the probe batch (SPEC 1.4.1).
-        idx = tf.random.stateless_uniform([batch], draw_seed, 0, tf.shape(xp)[0], dtype=tf.int32, alg=RNG)
+        idx = random_ops.randint([batch], draw_seed, 0, tf.shape(xp)[0])
         images = tf.concat([tf.gather(xp, idx), x, xs], axis=0)
         targets = tf.concat([tf.gather(yp, idx), unlabeled_target, unlabeled_target], axis=0)
         images, targets = mixup.mixup(images, targets, mix_seed, cfg.mixup_beta)

@@ -16,6 +16,11 @@ def split(seed, n):
     return tf.unstack(tf.random.experimental.stateless_split(seed, n, alg=RNG))
 
 
+def fold_in(seed, data):
+    """A new stateless seed from `seed` and an integer (a step, a replica id)."""
+    return tf.random.experimental.stateless_fold_in(seed, tf.cast(data, tf.int32), alg=RNG)
+
+
 def randint(shape, seed, minval, maxval):
     """Uniform int32 in [minval, maxval)."""
     return tf.random.stateless_uniform(shape, seed, minval, maxval, dtype=tf.int32, alg=RNG)
