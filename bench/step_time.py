@@ -285,25 +285,24 @@ def main(argv=None):
         modes = tuple(args.meta_grad_mode)
     if not modes and args.meta_every != [1]:
         parser.error("--meta_every needs a TrainerConfig with meta_every (issue 7); this checkout has none")
-    rows = []
+    configs = []
     for network in args.networks:
         for jit in (j == "on" for j in args.jit):
+            base = dict(network=network, jit=jit, batch=args.batch, warmup=args.warmup, steps=args.steps)
             for method in args.methods:
                 variants = [(m, k) for m in modes for k in args.meta_every] if method == "ieg" and modes else [
                     (None, 1)]
-                for mode, every in variants:
-                    config = dict(network=network, jit=jit, method=method, mode=mode, meta_every=every,
-                                  batch=args.batch, warmup=args.warmup, steps=args.steps,
-                                  breakdown=not args.no_breakdown and every == 1,
-                                  stop_guess=args.meta_stop_guess_gradient and method == "ieg")
-                    print(f"[step_time] {config}", file=sys.stderr, flush=True)
-                    rows.append(run_child(config, args))
+                configs += [dict(base, method=method, mode=mode, meta_every=every,
+                                 breakdown=not args.no_breakdown and every == 1,
+                                 stop_guess=args.meta_stop_guess_gradient and method == "ieg")
+                            for mode, every in variants]
                 if method == "ieg" and args.without_meta and not jit:
-                    config = dict(network=network, jit=False, method="ieg", mode=None, meta_every=1,
-                                  batch=args.batch, warmup=args.warmup, steps=args.steps, breakdown=False,
-                                  without_meta=True)
-                    print(f"[step_time] {config}", file=sys.stderr, flush=True)
-                    rows.append(run_child(config, args))
+                    configs.append(dict(base, method="ieg", mode=None, meta_every=1, breakdown=False,
+                                        without_meta=True))
+    rows = []
+    for config in configs:
+        print(f"[step_time] {config}", file=sys.stderr, flush=True)
+        rows.append(run_child(config, args))
     report = dict(summary=summarize(rows), rows=rows)
     print(table(rows), file=sys.stderr)
     text = json.dumps(report, indent=2)
