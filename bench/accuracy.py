@@ -141,6 +141,8 @@ def run_one(noise, method, steps, out, seed, jit, extra_flags=(), name=None, hol
     results = json.loads((model_dir / "results.json").read_text())
     # results.json's "method" is the trainer's (ieg for ieg_split); the row keeps the benchmark's name.
     errors = suggestion_errors(model_dir) if flag == "ieg" else None
+    if errors:
+        error_gallery(model_dir)
     return {**results, "run": f"{noise}/{name}", "noise": noise, "method": method, "seed": seed,
             "suggestion_errors": errors,
             "holdout": holdout, "model_dir": str(model_dir), "command": "python " + " ".join(args),
@@ -168,6 +170,91 @@ def suggestion_errors(model_dir, top=5):
     wrong = sum(pairs.values())
     return dict(suggested_accuracy=round(1 - wrong / len(rows), 4), wrong=wrong,
                 top_pairs=dict(sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:top]))
+
+
+def gallery_rows(model_dir, train_images, max_group=16, max_others=8):
+    """What `error_gallery` draws: rows of (caption, image) and a title per row, or None when no suggestion is
+    wrong (or the run has no true labels).
+
+    Row 0: the probe images of the true and of the suggested class of the largest group of wrong suggestions
+    (the first pair of `suggestion_errors`); then that group, 8 per row, captioned with their given labels; last,
+    images of the true class whose suggestion is right. label_issues.csv's ids and the split's probe ids index
+    `train_images` (the training images before the probe split).
+    """
+    from ieg_tf import datasets, report
+    model_dir = pathlib.Path(model_dir)
+    errors = suggestion_errors(model_dir)
+    if not errors or not errors["top_pairs"]:
+        return None
+    pair, count = next(iter(errors["top_pairs"].items()))
+    true_class, suggested = (int(c) for c in pair.split("->"))
+    issues = report.read_label_issues_csv(model_dir / "label_issues.csv")
+    split = datasets.load_split(model_dir / "split")
+    of_class = issues.true_label == true_class
+    group = issues.id[of_class & (issues.suggested_label == suggested)][:max_group]
+    others = issues.id[of_class & (issues.suggested_label == true_class)][:max_others]
+    given = dict(zip(issues.id.tolist(), issues.given_label.tolist()))
+    probes = [(f"probe {c}", train_images[i]) for c in (true_class, suggested)
+              for i in split["probe_ids"][split["probe_labels"] == c] if i >= 0]
+    rows = [probes, *[[(f"given {given[i]}", train_images[i]) for i in group[k:k + 8]]
+                      for k in range(0, len(group), 8)],
+            [(f"given {given[i]}", train_images[i]) for i in others]]
+    titles = [f"probe images of class {true_class} and of class {suggested}",
+              *[f"true {true_class}, suggested {suggested} ({count} in all)"] * (len(rows) - 2),
+              f"true {true_class}, suggested {true_class}"]
+    return rows, titles
+
+
+def error_gallery(model_dir, path=None, train_images=None):
+    """Draws `gallery_rows`: a run's largest group of wrong suggested labels beside the probe images of the two
+    classes involved and images of the true class that it suggests right.
+
+    It shows what a one-image probe can and cannot tell: whether the group looks like the probe image of the class
+    it was taken for rather than that of its own class.
+
+    Args:
+      model_dir: an ieg run's directory (label_issues.csv with true labels, split/).
+      path: PNG to write; default `<model_dir>/suggestion_errors.png`.
+      train_images: the training images before the probe split ([N, H, W, C]); default: the run's
+        holdout_data.npz if it has one, else the embedded digits training split.
+
+    Returns:
+      The path written, or None when the run has no true labels or no wrong suggestion.
+    """
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from ieg_tf import sources
+    model_dir = pathlib.Path(model_dir)
+    if train_images is None:
+        holdout = model_dir / "holdout_data.npz"
+        if holdout.exists():
+            with np.load(holdout) as f:
+                train_images = f["train_images"]
+        else:
+            train_images = sources.read_digits().train_images
+    drawn = gallery_rows(model_dir, train_images)
+    if drawn is None:
+        return None
+    rows, titles = drawn
+    cols = max(8, *(len(r) for r in rows))
+    fig = Figure(figsize=(cols * 0.9 + 1.5, len(rows) * 1.25 + 0.4), dpi=100)
+    grid = fig.add_gridspec(len(rows), cols)
+    for r, (row, title) in enumerate(zip(rows, titles)):
+        for c, (caption, image) in enumerate(row):
+            ax = fig.add_subplot(grid[r, c])
+            ax.imshow(np.squeeze(image), cmap="gray_r" if image.shape[-1] == 1 else None, interpolation="nearest")
+            ax.set_title(caption, fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(title, fontsize=6, rotation=0, ha="right", va="center")
+    fig.suptitle(f"{model_dir.parent.name}/{model_dir.name}: the largest group of wrong suggested labels",
+                 fontsize=9)
+    fig.tight_layout()
+    path = pathlib.Path(path or model_dir / "suggestion_errors.png")
+    fig.savefig(path, format="png")
+    return path
 
 
 def check_targets(rows):

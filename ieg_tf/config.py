@@ -5,6 +5,7 @@ import numbers
 
 METHODS = ("ieg", "l2r", "supervised")
 META_GRAD_MODES = ("exact", "approx_vjp", "last_layer")
+GUESS_VIEWS = ("weak_strong", "weak")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +28,8 @@ class TrainerConfig:
       ema_decay: EMA decay cap; the effective decay is min(ema_decay, (1 + t) / (10 + t)).
       mixup_beta: beta of the "approximate Beta" MixUp coefficient.
       sharpen_temperature: T of label sharpening.
+      guess_views: views whose predictions are averaged into the guessed label: "weak_strong" (K = 2, the
+        reference, SPEC 1.3) or "weak" (the weak view alone, for data whose strong views are mostly unrecognisable).
       meta_stop_guess_gradient: stop the gradient through the guessed label in the look-ahead loss. The reference
         keeps it (SPEC 8.3); stopping it skips a second-order path through the strong-view forward.
       seed: base seed of the step's stateless randomness (MixUp, probe resampling), folded with step and replica.
@@ -53,6 +56,7 @@ class TrainerConfig:
     ema_decay: float = 0.999
     mixup_beta: float = 0.5
     sharpen_temperature: float = 0.5
+    guess_views: str = "weak_strong"
     meta_stop_guess_gradient: bool = False
     seed: int = 12345
     meta_grad_mode: str = "exact"
@@ -61,6 +65,8 @@ class TrainerConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method '{self.method}'; choose one of: {', '.join(METHODS)}")
+        if self.guess_views not in GUESS_VIEWS:
+            raise ValueError(f"unknown guess_views '{self.guess_views}'; choose one of: {', '.join(GUESS_VIEWS)}")
         if self.meta_grad_mode not in META_GRAD_MODES:
             raise ValueError(f"unknown meta_grad_mode '{self.meta_grad_mode}'; choose one of: "
                              f"{', '.join(META_GRAD_MODES)}")

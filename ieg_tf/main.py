@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 from absl import app, flags  # noqa: E402
 
 from ieg_tf import datasets, noise, optim, train  # noqa: E402
-from ieg_tf.config import META_GRAD_MODES, METHODS, STRATEGIES, RunConfig, TrainerConfig  # noqa: E402
+from ieg_tf.config import GUESS_VIEWS, META_GRAD_MODES, METHODS, STRATEGIES, RunConfig, TrainerConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -57,6 +57,8 @@ flags.DEFINE_integer("meta_every", 1, "Solve omega*, lambda* every k steps and r
 flags.DEFINE_float("ema_decay", 0.999, "EMA decay cap.", lower_bound=0.0, upper_bound=0.999999)
 flags.DEFINE_float("sharpen_temperature", 0.5, "T of the guessed label's sharpening (1 = no sharpening).",
                    lower_bound=0.01, upper_bound=1.0)
+flags.DEFINE_enum("guess_views", "weak_strong", GUESS_VIEWS, "Views averaged into the guessed "
+                  "label: weak and strong (the reference) or the weak view alone.")
 flags.DEFINE_float("mixup_beta", 0.5, "beta of the MixUp coefficient m = max(a, 1-a), a = u^(1/beta)/2.",
                    lower_bound=0.01)
 flags.DEFINE_float("probe_weight_decay", None, "wd of the meta step's probe objective (default: the network's "
@@ -124,6 +126,7 @@ def configs_from_flags():
         clean_threshold=f.clean_threshold, ema_decay=f.ema_decay, seed=f.seed,
         meta_stop_guess_gradient=f.meta_stop_guess_gradient, meta_grad_mode=f.meta_grad_mode,
         meta_every=f.meta_every, sharpen_temperature=f.sharpen_temperature, mixup_beta=f.mixup_beta,
+        guess_views=f.guess_views,
         probe_weight_decay=f.probe_weight_decay)
     run_cfg = RunConfig(
         model_dir=f.model_dir, network=f.network, batch_size=f.batch_size, max_iteration=f.max_iteration,

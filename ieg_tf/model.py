@@ -178,8 +178,9 @@ class IEGTrainer(keras.Model):
             z, state = self._weak_forward(x)
             z_strong, _ = net.stateless_call(params, non_trainable, xs, training=True)
             z_strong = tf.cast(z_strong, tf.float32)
-            # 2. Label guessing from the current model (K = 2 views).
-            return z, z_strong, losses.guess_label([z, z_strong], cfg.sharpen_temperature), state
+            # 2. Label guessing from the current model (K = 2 views, or the weak view alone).
+            views = [z, z_strong] if cfg.guess_views == "weak_strong" else [z]
+            return z, z_strong, losses.guess_label(views, cfg.sharpen_temperature), state
 
         def look_loss(outputs, omega, lam):
             z, _, guess, _ = outputs

@@ -225,6 +225,40 @@ def test_suggestion_errors_counts_wrong_suggestions_by_true_and_suggested_class(
     assert accuracy.suggestion_errors(tmp_path) is None
 
 
+def test_error_gallery_shows_the_largest_wrong_group_by_id_beside_the_two_probe_images(tmp_path):
+    import numpy as np
+
+    from ieg_tf import report
+    # Ids index the training images before the probe split: ids 0 and 5 are the probe, so id != position.
+    images = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 1), np.uint8)
+    ids = np.array([1, 2, 3, 4, 6, 7, 8, 9])
+    true = np.array([3, 3, 1, 1, 1, 0, 1, 3])
+    suggested = np.array([3, 0, 2, 1, 2, 0, 2, 3])      # 1->2 three times (ids 3, 6, 8), 3->0 once
+    given = np.array([3, 0, 4, 1, 7, 0, 5, 2])
+    n = len(ids)
+    report.write_label_issues_csv(report.LabelIssues(
+        id=ids, given_label=given, suggested_label=suggested, omega_mean=np.zeros(n, np.float32),
+        pseudo_fraction=np.zeros(n, np.float32), visits=np.ones(n, np.int64), label_believed_wrong=given != suggested,
+        true_label=true, precision=None, recall=None), tmp_path / "label_issues.csv")
+    (tmp_path / "split").mkdir()
+    (tmp_path / "split" / "split.json").write_text(json.dumps({"dataset": "arrays", "files": [
+        "probe_ids.npy", "probe_labels.npy"]}))
+    np.save(tmp_path / "split" / "probe_ids.npy", np.array([0, 5]))
+    np.save(tmp_path / "split" / "probe_labels.npy", np.array([1, 2]))
+    rows, titles = accuracy.gallery_rows(tmp_path, images)
+    shown = [[(caption, int(image.flat[0])) for caption, image in row] for row in rows]
+    assert shown == [[("probe 1", 0), ("probe 2", 5)], [("given 4", 3), ("given 7", 6), ("given 5", 8)],
+                     [("given 1", 4)]]
+    assert titles[1] == "true 1, suggested 2 (3 in all)" and titles[-1] == "true 1, suggested 1"
+    path = accuracy.error_gallery(tmp_path, train_images=images)
+    assert path == tmp_path / "suggestion_errors.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report.write_label_issues_csv(report.LabelIssues(
+        id=ids, given_label=true, suggested_label=true, omega_mean=np.zeros(n, np.float32),
+        pseudo_fraction=np.zeros(n, np.float32), visits=np.ones(n, np.int64), label_believed_wrong=np.zeros(n, bool),
+        true_label=true, precision=None, recall=None), tmp_path / "label_issues.csv")
+    assert accuracy.error_gallery(tmp_path, tmp_path / "none.png", train_images=images) is None
+
+
 def test_plot_curves_draws_every_run_from_its_history(tmp_path):
     rows = []
     for run, acc in [("clean/supervised", 0.98), ("clean/ieg", 0.97), ("uniform80/supervised", 0.3),

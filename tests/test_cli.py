@@ -161,11 +161,13 @@ def test_algorithm_constants_reach_the_trainer_config_and_default_to_the_referen
         flags.FLAGS(["ieg_tf"])
         _, default, _ = main.configs_from_flags()
         flags.FLAGS.unparse_flags()
-        flags.FLAGS(["ieg_tf", "--sharpen_temperature=1", "--mixup_beta=0.75", "--probe_weight_decay=0"])
+        flags.FLAGS(["ieg_tf", "--sharpen_temperature=1", "--mixup_beta=0.75", "--probe_weight_decay=0",
+                     "--guess_views=weak"])
         _, given, _ = main.configs_from_flags()
     finally:
         flags.FLAGS.unparse_flags()
     reference = TrainerConfig()
-    assert (default.sharpen_temperature, default.mixup_beta, default.probe_weight_decay) == (
-        reference.sharpen_temperature, reference.mixup_beta, None)
-    assert (given.sharpen_temperature, given.mixup_beta, given.probe_weight_decay) == (1.0, 0.75, 0.0)
+    assert (default.sharpen_temperature, default.mixup_beta, default.probe_weight_decay, default.guess_views) == (
+        reference.sharpen_temperature, reference.mixup_beta, None, "weak_strong")
+    assert (given.sharpen_temperature, given.mixup_beta, given.probe_weight_decay, given.guess_views) == (
+        1.0, 0.75, 0.0, "weak")

@@ -132,3 +132,18 @@ def test_clean_threshold_split_keeps_given_labels_for_high_weight_examples():
     expected = np.mean(omega.numpy() * 8 < 1.0)
     np.testing.assert_allclose(float(logs["noisy_frac"][0]), expected)
     assert 0.0 < expected < 1.0
+
+
+def test_guess_views_weak_guesses_from_the_weak_view_alone():
+    data = _batch()
+    guesses = {}
+    for views in ("weak_strong", "weak"):
+        trainer = _trainer("ieg", guess_views=views)
+        z = trainer.network(data["weak"], training=True)     # the step's weak forward (training-mode BN)
+        zs = trainer.network(data["strong"], training=True)
+        guesses[views] = trainer.compute_gradients(data, trainer.step_seed()).per_example[2].numpy()
+        expected = losses.guess_label([z, zs] if views == "weak_strong" else [z])
+        np.testing.assert_allclose(guesses[views], expected, rtol=1e-5, atol=1e-6, err_msg=views)
+    assert np.max(np.abs(guesses["weak"] - guesses["weak_strong"])) > 1e-3   # the strong view does count by default
+    with np.testing.assert_raises_regex(ValueError, "guess_views"):
+        TrainerConfig(guess_views="strong")
