@@ -154,7 +154,10 @@ def suggestion_errors(model_dir, top=5):
     the training set, and the most frequent (true, suggested) pairs among the wrong ones, as "t->s": count.
 
     Errors that concentrate on a few pairs are whole groups of look-alike images locked into one wrong class.
-    None when the run wrote no true labels.
+    Among the wrong suggestions, `kept_wrong_label` counts those equal to the given (wrong) label and
+    `overrode_right_label` those whose given label was right. Under uniform noise a wrong suggestion drawn
+    independently of the given label would equal it with probability ratio/C and find it right with probability
+    1 - ratio + ratio/C. None when the run wrote no true labels.
     """
     import csv
     path = pathlib.Path(model_dir) / "label_issues.csv"
@@ -162,13 +165,16 @@ def suggestion_errors(model_dir, top=5):
         rows = [r for r in csv.DictReader(f) if r.get("true_label", "") not in ("", "-1")]
     if not rows:
         return None
-    pairs = {}
+    pairs, kept, overrode = {}, 0, 0
     for r in rows:
         if r["suggested_label"] != r["true_label"]:
             key = f"{r['true_label']}->{r['suggested_label']}"
             pairs[key] = pairs.get(key, 0) + 1
+            kept += r["given_label"] == r["suggested_label"]
+            overrode += r["given_label"] == r["true_label"]
     wrong = sum(pairs.values())
-    return dict(suggested_accuracy=round(1 - wrong / len(rows), 4), wrong=wrong,
+    return dict(suggested_accuracy=round(1 - wrong / len(rows), 4), wrong=wrong, kept_wrong_label=kept,
+                overrode_right_label=overrode,
                 top_pairs=dict(sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:top]))
 
 

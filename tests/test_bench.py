@@ -213,14 +213,16 @@ def test_suggestion_errors_counts_wrong_suggestions_by_true_and_suggested_class(
     from ieg_tf import report
     true = np.array([1, 1, 1, 1, 5, 5, 7, 0])
     suggested = np.array([2, 2, 2, 1, 0, 5, 7, 0])
+    given = np.array([1, 2, 2, 3, 4, 5, 7, 0])   # wrong suggestions: given right once, equal to them twice
     n = len(true)
     issues = report.LabelIssues(
-        id=np.arange(n), given_label=true.copy(), suggested_label=suggested, omega_mean=np.zeros(n, np.float32),
+        id=np.arange(n), given_label=given, suggested_label=suggested, omega_mean=np.zeros(n, np.float32),
         pseudo_fraction=np.zeros(n, np.float32), visits=np.ones(n, np.int64),
         label_believed_wrong=np.zeros(n, bool), true_label=true, precision=None, recall=None)
     report.write_label_issues_csv(issues, tmp_path / "label_issues.csv")
     errors = accuracy.suggestion_errors(tmp_path)
-    assert errors == dict(suggested_accuracy=0.5, wrong=4, top_pairs={"1->2": 3, "5->0": 1})
+    assert errors == dict(suggested_accuracy=0.5, wrong=4, kept_wrong_label=2, overrode_right_label=1,
+                          top_pairs={"1->2": 3, "5->0": 1})
     report.write_label_issues_csv(dataclasses.replace(issues, true_label=None), tmp_path / "label_issues.csv")
     assert accuracy.suggestion_errors(tmp_path) is None
 
