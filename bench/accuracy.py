@@ -159,22 +159,24 @@ def suggestion_errors(model_dir, top=5):
     independently of the given label would equal it with probability ratio/C and find it right with probability
     1 - ratio + ratio/C. None when the run wrote no true labels.
     """
-    import csv
-    path = pathlib.Path(model_dir) / "label_issues.csv"
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("true_label", "") not in ("", "-1")]
-    if not rows:
+    from ieg_tf import report
+    return _suggestion_errors(report.read_label_issues_csv(pathlib.Path(model_dir) / "label_issues.csv"), top)
+
+
+def _suggestion_errors(issues, top=5):
+    """`suggestion_errors` of a LabelIssues already read."""
+    import numpy as np
+    known = None if issues.true_label is None else issues.true_label >= 0
+    if known is None or not known.any():
         return None
-    pairs, kept, overrode = {}, 0, 0
-    for r in rows:
-        if r["suggested_label"] != r["true_label"]:
-            key = f"{r['true_label']}->{r['suggested_label']}"
-            pairs[key] = pairs.get(key, 0) + 1
-            kept += r["given_label"] == r["suggested_label"]
-            overrode += r["given_label"] == r["true_label"]
-    wrong = sum(pairs.values())
-    return dict(suggested_accuracy=round(1 - wrong / len(rows), 4), wrong=wrong, kept_wrong_label=kept,
-                overrode_right_label=overrode,
+    true, suggested, given = (a[known] for a in (issues.true_label, issues.suggested_label, issues.given_label))
+    wrong = suggested != true
+    pairs = {}
+    for t, s in zip(true[wrong].tolist(), suggested[wrong].tolist()):
+        pairs[f"{t}->{s}"] = pairs.get(f"{t}->{s}", 0) + 1
+    return dict(suggested_accuracy=round(1 - int(wrong.sum()) / len(true), 4), wrong=int(wrong.sum()),
+                kept_wrong_label=int(np.sum(wrong & (given == suggested))),
+                overrode_right_label=int(np.sum(wrong & (given == true))),
                 top_pairs=dict(sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:top]))
 
 
@@ -189,12 +191,12 @@ def gallery_rows(model_dir, train_images, max_group=16, max_others=8):
     """
     from ieg_tf import datasets, report
     model_dir = pathlib.Path(model_dir)
-    errors = suggestion_errors(model_dir)
+    issues = report.read_label_issues_csv(model_dir / "label_issues.csv")
+    errors = _suggestion_errors(issues)
     if not errors or not errors["top_pairs"]:
         return None
     pair, count = next(iter(errors["top_pairs"].items()))
     true_class, suggested = (int(c) for c in pair.split("->"))
-    issues = report.read_label_issues_csv(model_dir / "label_issues.csv")
     split = datasets.load_split(model_dir / "split")
     of_class = issues.true_label == true_class
     group = issues.id[of_class & (issues.suggested_label == suggested)][:max_group]
