@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from ieg_tf import noise, sources
+from ieg_tf import image_files, noise, sources
 
 DATASETS = ("digits", "cifar10", "cifar100", "folder", "list", "arrays")
 _BENCHMARKS = ("digits", "cifar10", "cifar100")  # their given labels are clean
@@ -331,19 +331,20 @@ def _read(spec):
     if spec.dataset == "arrays":
         return sources.read_npz(spec.array_file, spec.num_classes)
     if spec.dataset == "folder":
-        train_paths, train_labels, names = sources.read_folder(spec.train_dir)
-        test = sources.read_folder(spec.test_dir, names)[:2] if spec.test_dir else None
-        probe = sources.read_folder(spec.probe_dir, names)[:2] if spec.probe_dir else None
-        return sources.image_dataset(os.path.basename(os.path.normpath(spec.train_dir)), (train_paths, train_labels),
-                                     test, len(names), names, spec.image_size, probe, spec.skip_bad_images)
+        train_paths, train_labels, names = image_files.read_folder(spec.train_dir)
+        test = image_files.read_folder(spec.test_dir, names)[:2] if spec.test_dir else None
+        probe = image_files.read_folder(spec.probe_dir, names)[:2] if spec.probe_dir else None
+        name = os.path.basename(os.path.normpath(spec.train_dir))
+        return image_files.image_dataset(name, (train_paths, train_labels), test, len(names), names,
+                                         spec.image_size, probe, spec.skip_bad_images)
     if spec.dataset == "list":
-        train = sources.read_list(spec.train_list, spec.image_root)
-        test = sources.read_list(spec.test_list, spec.image_root) if spec.test_list else None
-        probe = sources.read_list(spec.probe_list, spec.image_root) if spec.probe_list else None
+        train = image_files.read_list(spec.train_list, spec.image_root)
+        test = image_files.read_list(spec.test_list, spec.image_root) if spec.test_list else None
+        probe = image_files.read_list(spec.probe_list, spec.image_root) if spec.probe_list else None
         c = spec.num_classes or int(train[1].max()) + 1
         for what, part in (("train_list", train), ("test_list", test), ("probe_list", probe)):
             if part is not None:
                 sources.check_labels(part[1], f"{getattr(spec, what)} (num_classes={c})", c)
         name = os.path.splitext(os.path.basename(spec.train_list))[0]
-        return sources.image_dataset(name, train, test, c, None, spec.image_size, probe, spec.skip_bad_images)
+        return image_files.image_dataset(name, train, test, c, None, spec.image_size, probe, spec.skip_bad_images)
     raise ValueError(f"unknown dataset {spec.dataset!r}; choose one of {', '.join(DATASETS)}")

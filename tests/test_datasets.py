@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from ieg_tf import datasets, noise, sources
+from ieg_tf import datasets, image_files, noise, sources
 
 DataSpec = datasets.DataSpec
 
@@ -223,7 +223,7 @@ def test_image_folder_errors(tmp_path):
     _folder(str(tmp_path / "a"))
     os.makedirs(tmp_path / "a" / "empty")
     with pytest.raises(ValueError, match="class 'empty'.*has no images"):
-        sources.read_folder(str(tmp_path / "a"))
+        image_files.read_folder(str(tmp_path / "a"))
     _folder(str(tmp_path / "b"))
     _folder(str(tmp_path / "c"))
     _png(str(tmp_path / "b" / "dog" / "big.png"), np.zeros((7, 6), np.uint8))
@@ -238,7 +238,7 @@ def test_image_folder_errors(tmp_path):
         data = datasets.load_dataset(DataSpec(**{**spec.__dict__, "skip_bad_images": True}))
     assert len(data.train_labels) + len(data.probe_labels) == 6
     with pytest.raises(ValueError, match="does not exist"):
-        sources.read_folder(str(tmp_path / "nope"))
+        image_files.read_folder(str(tmp_path / "nope"))
 
 
 def test_list_file_with_resize_and_held_out_test(tmp_path):
@@ -265,7 +265,7 @@ def test_list_file_errors(tmp_path):
                                        num_classes=2))
     (tmp_path / "bad_line.txt").write_text("a.png,0\na.png;zero\n")
     with pytest.raises(ValueError, match="line 2: expected 'path,label'"):
-        sources.read_list(str(tmp_path / "bad_line.txt"))
+        image_files.read_list(str(tmp_path / "bad_line.txt"))
     (tmp_path / "gap.txt").write_text("a.png 0\na.png 2\n")  # class 1 never appears
     with pytest.raises(ValueError, match=r"class\(es\) \[1\] have no training examples"):
         datasets.load_dataset(DataSpec(dataset="list", train_list=str(tmp_path / "gap.txt"),

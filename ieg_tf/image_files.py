@@ -1,0 +1,162 @@
+"""Image files on disk to RawData: class folders, WebVision-style list files, decoding with PIL.
+
+Small images (<= 64 px, or --image_size <= 64) are decoded here into memory; larger ones stay paths for the input
+pipeline to decode and crop. An unreadable image is an error naming the file; with skip_bad (for scraped data sets
+with a few broken JPEGs) such files are skipped with one warning instead.
+"""
+
+import os
+import warnings
+
+import numpy as np
+from PIL import Image
+
+from ieg_tf.sources import SPLIT_SEED, RawData, augment_kind_for, check_labels, stratified_split
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+SMALL_IMAGE_MAX = 64          # larger images stay on disk and get Inception crops in the pipeline
+HELD_OUT_TEST_FRACTION = 0.2  # folder / list sets given without a test split
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def read_folder(directory, class_names=None):
+    """Paths and labels of directory/<class_name>/*.png|jpg; classes are the sorted sub-directory names."""
+    if not directory or not os.path.isdir(directory):
+        raise ValueError(f"image folder {directory!r} does not exist")
+    found = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
+    if not found:
+        raise ValueError(f"no class sub-directories in {directory}; expected {directory}/<class_name>/*.png|jpg")
+    unknown = [d for d in found if class_names is not None and d not in class_names]
+    if unknown:
+        raise ValueError(f"{directory} has classes {unknown} that the training folder does not have")
+    names = class_names or found
+    paths, labels = [], []
+    for d in found:
+        files = sorted(f for f in os.listdir(os.path.join(directory, d)) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not files and class_names is None:
+            raise ValueError(f"class '{d}' in {directory} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+        paths += [os.path.join(directory, d, f) for f in files]
+        labels += [names.index(d)] * len(files)
+    return paths, np.array(labels, np.int32), names
+
+
+def read_list(list_file, image_root=None):
+    """Paths and labels from lines 'relative/path.jpg,label' or 'relative/path.jpg label' (WebVision style)."""
+    if not list_file or not os.path.exists(list_file):
+        raise ValueError(f"list file {list_file!r} not found")
+    root = image_root or os.path.dirname(os.path.abspath(list_file))
+    paths, labels = [], []
+    with open(list_file) as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.rsplit(",", 1) if "," in line else line.rsplit(None, 1)
+            if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
+                if number == 1 and len(parts) == 2 and parts[1].strip().isalpha():
+                    continue  # header such as 'path,label'
+                raise ValueError(f"{list_file} line {number}: expected 'path,label' with an integer label, "
+                                 f"got {line!r}")
+            paths.append(os.path.join(root, parts[0].strip()))
+            labels.append(int(parts[1]))
+    if not paths:
+        raise ValueError(f"list file {list_file} names no images")
+    return paths, check_labels(np.array(labels), list_file)
+
+
+def image_dataset(name, train, test, num_classes, class_names, image_size=None, probe=None, skip_bad=False):
+    """RawData from (paths, labels) pairs of image files.
+
+    Args:
+      name: data set name.
+      train, test, probe: (paths, labels) pairs; test=None holds out a stratified 20% of train (fixed seed);
+        probe (optional) is a separate trusted set, e.g. the ImageNet probe of WebVision.
+      num_classes, class_names: C and the names (or None).
+      image_size, skip_bad: as in `load_images`.
+    """
+    if test is None:
+        warnings.warn(f"{name}: no test split given; holding out {HELD_OUT_TEST_FRACTION:.0%} of the training "
+                      "images (stratified, fixed seed) for evaluation")
+        rest, held = stratified_split(train[1], HELD_OUT_TEST_FRACTION, np.random.default_rng(SPLIT_SEED))
+        test = ([train[0][i] for i in held], train[1][held])
+        train = ([train[0][i] for i in rest], train[1][rest])
+    parts = [train, test] + ([probe] if probe is not None else [])
+    images, kept = load_images([p for paths, _ in parts for p in paths], image_size, name, skip_bad)
+    labels = np.concatenate([labels for _, labels in parts])[kept]
+    ends = np.cumsum([len(paths) for paths, _ in parts])
+    part = np.searchsorted(ends, kept, side="right")  # which of train / test / probe each kept file is from
+    shape = (image_size, image_size, 3) if images.dtype.kind == "U" else images.shape[1:]
+    kind = "imagenet" if images.dtype.kind == "U" else augment_kind_for(shape[0])
+    select = [(images[part == i], labels[part == i]) for i in range(len(parts))]
+    return RawData(name, num_classes, class_names, tuple(int(d) for d in shape), *select[0], *select[1], kind,
+                   *(select[2] if probe is not None else (None, None)))
+
+
+def load_images(paths, image_size=None, what="images", skip_bad=False):
+    """Decodes image files into uint8 [N, S, S, C], or keeps them as paths when the images are large.
+
+    Args:
+      paths: image file paths.
+      image_size: None (keep the native size, which must be one size <= 64), <= 64 (decode and resize to
+        image_size x image_size), or larger (keep paths; the pipeline decodes and crops to image_size).
+      what: name for messages.
+      skip_bad: skip unreadable files with one warning (scraped data sets) instead of raising.
+
+    Returns:
+      (uint8 images [M, S, S, C] or str paths [M], int indices of the M readable files among `paths`).
+      C is 1 when every image is greyscale, else 3.
+
+    Raises:
+      ValueError: an unreadable file (unless skip_bad), images of mixed or large sizes without image_size,
+        or no readable image at all.
+    """
+    keep_paths = image_size is not None and image_size > SMALL_IMAGE_MAX
+    headers, bad = {}, []
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as im:
+                headers[i] = (im.size, im.mode)
+                if keep_paths:
+                    im.verify()  # catches truncated files now rather than mid-training in the pipeline
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            bad.append(i)
+    _report_bad(paths, bad, what, skip_bad)
+    if image_size is None:
+        sizes = sorted({size for size, _ in headers.values()})
+        if len(sizes) > 1:
+            raise ValueError(f"{what}: images have different sizes ({', '.join(f'{w}x{h}' for w, h in sizes[:5])}"
+                             f"{', ...' if len(sizes) > 5 else ''}); pass --image_size=N to resize them to NxN "
+                             "(N <= 64 decodes into memory; e.g. 224 keeps files and uses Inception crops)")
+        if sizes and max(sizes[0]) > SMALL_IMAGE_MAX:
+            raise ValueError(f"{what}: images are {sizes[0][0]}x{sizes[0][1]}; pass --image_size (e.g. 224 for "
+                             f"Inception crops from the files, or <= {SMALL_IMAGE_MAX} to decode and resize)")
+    if keep_paths:
+        decoded = {i: paths[i] for i in headers}
+    else:
+        decoded, bad = {}, []
+        mode = "L" if all(m in _GRAY_MODES for _, m in headers.values()) else "RGB"
+        for i in headers:
+            try:
+                with Image.open(paths[i]) as im:
+                    im = im.convert(mode)
+                    if image_size is not None:
+                        im = im.resize((image_size, image_size), Image.BILINEAR)
+                    decoded[i] = np.asarray(im, np.uint8).reshape(im.size[1], im.size[0], -1)
+            except (OSError, ValueError, SyntaxError):
+                bad.append(i)
+        _report_bad(paths, bad, what, skip_bad)
+    if not decoded:
+        raise ValueError(f"{what}: no readable images among {len(paths)} files")
+    kept = np.array(sorted(decoded))
+    values = [decoded[i] for i in kept]
+    return (np.array(values) if isinstance(values[0], str) else np.stack(values)), kept
+
+
+def _report_bad(paths, bad, what, skip_bad):
+    if not bad:
+        return
+    first = ", ".join(paths[i] for i in sorted(bad)[:3])
+    if not skip_bad:
+        raise ValueError(f"{what}: {len(bad)} of {len(paths)} image file(s) cannot be read as images (first: "
+                         f"{first}); remove or replace them, or pass --skip_bad_images to skip them")
+    warnings.warn(f"{what}: skipped {len(bad)} unreadable image file(s) of {len(paths)}; first: {first}")
