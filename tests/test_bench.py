@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bench import accuracy, common, meta_modes, step_time
+from bench import accuracy, common, errors, meta_modes, step_time
 
 
 def _row(run, acc, method=None, precision=None, recall=None, seed=12345):
@@ -220,14 +220,14 @@ def test_suggestion_errors_counts_wrong_suggestions_by_true_and_suggested_class(
         pseudo_fraction=np.zeros(n, np.float32), visits=np.ones(n, np.int64),
         label_believed_wrong=np.zeros(n, bool), true_label=true, precision=None, recall=None)
     report.write_label_issues_csv(issues, tmp_path / "label_issues.csv")
-    errors = accuracy.suggestion_errors(tmp_path)
-    assert errors == dict(suggested_accuracy=0.5, wrong=4, kept_wrong_label=2, overrode_right_label=1,
+    counts = errors.suggestion_errors(tmp_path)
+    assert counts == dict(suggested_accuracy=0.5, wrong=4, kept_wrong_label=2, overrode_right_label=1,
                           top_pairs={"1->2": 3, "5->0": 1})
     report.write_label_issues_csv(dataclasses.replace(issues, true_label=None), tmp_path / "label_issues.csv")
-    assert accuracy.suggestion_errors(tmp_path) is None
+    assert errors.suggestion_errors(tmp_path) is None
 
 
-def test_error_gallery_shows_the_largest_wrong_group_by_id_beside_the_two_probe_images(tmp_path):
+def test_error_gallery_shows_the_largest_wrong_group_by_id_beside_the_two_probe_images(tmp_path, capsys):
     import numpy as np
 
     from ieg_tf import report
@@ -247,18 +247,24 @@ def test_error_gallery_shows_the_largest_wrong_group_by_id_beside_the_two_probe_
         "probe_ids.npy", "probe_labels.npy"]}))
     np.save(tmp_path / "split" / "probe_ids.npy", np.array([0, 5]))
     np.save(tmp_path / "split" / "probe_labels.npy", np.array([1, 2]))
-    rows, titles = accuracy.gallery_rows(tmp_path, images)
+    rows, titles = errors.gallery_rows(tmp_path, images)
     shown = [[(caption, int(image.flat[0])) for caption, image in row] for row in rows]
     assert shown == [[("probe 1", 0), ("probe 2", 5)], [("given 4", 3), ("given 7", 6), ("given 5", 8)],
                      [("given 1", 4)]]
     assert titles[1] == "true 1, suggested 2 (3 in all)" and titles[-1] == "true 1, suggested 1"
-    path = accuracy.error_gallery(tmp_path, train_images=images)
+    path = errors.error_gallery(tmp_path, train_images=images)
     assert path == tmp_path / "suggestion_errors.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    path.unlink()
+    errors.main([str(tmp_path)])  # the command line: counts, then the gallery drawn from the digits images
+    printed = capsys.readouterr().out
+    assert '"top_pairs": {"1->2": 3, "3->0": 1}' in printed and f"gallery {path}" in printed and path.exists()
+    with pytest.raises(SystemExit):
+        errors.main([str(tmp_path / "split")])  # no label_issues.csv
     report.write_label_issues_csv(report.LabelIssues(
         id=ids, given_label=true, suggested_label=true, omega_mean=np.zeros(n, np.float32),
         pseudo_fraction=np.zeros(n, np.float32), visits=np.ones(n, np.int64), label_believed_wrong=np.zeros(n, bool),
         true_label=true, precision=None, recall=None), tmp_path / "label_issues.csv")
-    assert accuracy.error_gallery(tmp_path, tmp_path / "none.png", train_images=images) is None
+    assert errors.error_gallery(tmp_path, tmp_path / "none.png", train_images=images) is None
 
 
 def test_plot_curves_draws_every_run_from_its_history(tmp_path):
