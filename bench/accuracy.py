@@ -203,13 +203,25 @@ def table(rows):
 
 
 def seed_summary(rows):
-    """Markdown table of final test accuracy per (noise, method) over the seeds: mean, min, max, count."""
+    """Markdown table per (noise, method) over the seeds: final test accuracy (mean, min, max), mean best test
+    accuracy, and for ieg runs the mean label-issue precision and recall (over the seeds that have them)."""
     groups = {}
     for r in rows:
-        groups.setdefault((r["noise"], r["method"]), []).append(100 * r["test_accuracy"])
-    cells = [[noise, method, f"{sum(v) / len(v):.1f}", f"{min(v):.1f}", f"{max(v):.1f}", len(v)]
-             for (noise, method), v in groups.items()]
-    return common.markdown_table(["noise", "method", "mean %", "min %", "max %", "seeds"], cells)
+        groups.setdefault((r["noise"], r["method"]), []).append(r)
+
+    def mean(values, digits, scale=1):
+        values = [v for v in values if v is not None]
+        return common.fmt(sum(values) / len(values), digits, scale) if values else "-"
+
+    cells = []
+    for (noise, method), group in groups.items():
+        acc = [100 * r["test_accuracy"] for r in group]
+        issues = [mean([r[f"label_issue_{k}"] for r in group], 3) for k in ("precision", "recall")]
+        cells.append([noise, method, f"{sum(acc) / len(acc):.1f}", f"{min(acc):.1f}", f"{max(acc):.1f}",
+                      mean([r["best_test_accuracy"] for r in group], 1, 100),
+                      *(issues if METHODS[method][0] == "ieg" else ["-", "-"]), len(group)])
+    return common.markdown_table(["noise", "method", "mean %", "min %", "max %", "mean best %",
+                                  "issue precision", "issue recall", "seeds"], cells)
 
 
 def history_curve(model_dir):

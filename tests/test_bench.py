@@ -66,11 +66,13 @@ def test_check_targets_over_seeds_reports_each_seed_the_mean_and_every_seed():
 
 
 def test_seed_summary_gives_mean_min_max_per_setting():
-    rows = [_row("uniform80/ieg", 0.95, seed=1), _row("uniform80/ieg", 0.97, seed=2),
-            _row("clean/supervised", 0.98, seed=1)]
+    rows = [_row("uniform80/ieg", 0.95, precision=0.9, recall=0.8, seed=1),
+            _row("uniform80/ieg", 0.97, precision=1.0, recall=0.9, seed=2),
+            _row("clean/supervised", 0.98, seed=1), _row("clean/ieg", 0.99, precision=None, recall=None, seed=1)]
     lines = accuracy.seed_summary(rows).splitlines()
-    assert lines[2] == "| uniform80 | ieg | 96.0 | 95.0 | 97.0 | 2 |"
-    assert lines[3] == "| clean | supervised | 98.0 | 98.0 | 98.0 | 1 |"
+    assert lines[2] == "| uniform80 | ieg | 96.0 | 95.0 | 97.0 | 96.0 | 0.950 | 0.850 | 2 |"
+    assert lines[3] == "| clean | supervised | 98.0 | 98.0 | 98.0 | 98.0 | - | - | 1 |"
+    assert lines[4] == "| clean | ieg | 99.0 | 99.0 | 99.0 | 99.0 | - | - | 1 |"
 
 
 def test_holdout_split_is_a_seeded_stratified_third_of_the_training_split_only(tmp_path):
