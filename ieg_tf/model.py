@@ -134,7 +134,7 @@ class IEGTrainer(keras.Model):
             self.example_stats.update(data["id"], *step.per_example)
         for name, value in step.logs.items():
             self.trackers[name].update_state(value[0], sample_weight=value[1])
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        return _global_results(self.trackers)
 
     def step_seed(self, replica_id=None):
         """Stateless seed of this step and replica: (config seed, optimizer step, replica id), so resume is exact."""
@@ -378,7 +378,7 @@ class IEGTrainer(keras.Model):
         onehot = tf.one_hot(labels, self.num_classes)
         self.eval_loss.update_state(losses.cross_entropy(onehot, logits))
         self.eval_accuracy.update_state(tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == labels, tf.float32))
-        return {"loss": self.eval_loss.result(), "accuracy": self.eval_accuracy.result()}
+        return _global_results({"loss": self.eval_loss, "accuracy": self.eval_accuracy})
 
     def predict_step(self, data):
         images = data[0] if isinstance(data, (tuple, list)) else data
@@ -392,6 +392,23 @@ class IEGTrainer(keras.Model):
         """
         super().compile(optimizer=optimizer if optimizer is not None else TF1Momentum(0.1), **kwargs)
         self.optimizer.build(self.network.trainable_variables)
+
+
+def _global_results(metrics):
+    """{name: the Mean's value over every replica's updates so far}, for a step's returned logs.
+
+    Under a strategy, Keras's `fit` and `evaluate` reduce the logs a step returns by averaging the replicas'
+    values (the first replica's value on TPU), while each replica's Mean holds only its own updates. A plain
+    `result()` therefore reports a mean of per-replica means: wrong when the replicas' counts differ (the last,
+    partial test batch; weighted trackers), and one replica's share of the test set on TPU. Summing the Means'
+    totals and counts across replicas gives every replica the global value, which any of those reductions keeps.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return {name: metric.result() for name, metric in metrics.items()}
+    local = [tf.stack([tf.convert_to_tensor(m.total), tf.convert_to_tensor(m.count)]) for m in metrics.values()]
+    sums = context.all_reduce(tf.distribute.ReduceOp.SUM, local)
+    return {name: tf.math.divide_no_nan(s[0], s[1]) for name, s in zip(metrics, sums)}
 
 
 def _accuracy(logits, onehot):

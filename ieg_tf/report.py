@@ -3,6 +3,7 @@
 It reads the per-example sums the trainer keeps by example id (`IEGTrainer.example_stats`, SPEC 0): how often
 an example was seen, its average meta weight omega*, and how often lambda* replaced its label by the guessed
 one. `label_issues` turns them into columns plus a flag; `write_label_issues_csv` writes `label_issues.csv`.
+`confusion_on_test_set` is the test-set counterpart, the EMA model's confusion matrix (`test_confusion.csv`).
 
 Example (a `model.fit` user):
   trainer.fit(train_ds, ...)
@@ -184,6 +185,44 @@ def ema_probabilities(trainer, images, batch_size=256):
 
     out = [predict(images[i:i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
     return np.concatenate(out) if out else np.zeros([0, trainer.num_classes], np.float32)
+
+
+def confusion_on_test_set(trainer, data, batch_size=256):
+    """Confusion matrix of the trainer's EMA predictions on the test set: int64 [C, C], row = true class,
+    column = predicted class (its trace over its sum is the test accuracy). None when the test images are file
+    paths (large-image data sets decode them in the input pipeline only) or there are none."""
+    images = np.asarray(data.test_images)
+    if images.dtype != np.uint8 or images.ndim != 4 or not len(images):
+        return None
+    predicted = np.argmax(ema_probabilities(trainer, images, batch_size), axis=-1)
+    c = trainer.num_classes
+    true = np.asarray(data.test_labels, np.int64)
+    return np.bincount(true * c + predicted, minlength=c * c).reshape(c, c)
+
+
+def per_class_accuracy(confusion):
+    """Recall of each class from a confusion matrix: list of floats, None for a class absent from the test set."""
+    totals = confusion.sum(axis=1)
+    return [round(float(confusion[k, k] / totals[k]), 4) if totals[k] else None for k in range(len(totals))]
+
+
+def write_confusion_csv(confusion, path, class_names=None):
+    """Writes a confusion matrix as CSV: a header `true/predicted,<class>...`, then one row per true class."""
+    names = list(class_names) if class_names else [str(k) for k in range(len(confusion))]
+    with tf.io.gfile.GFile(path, "w") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["true/predicted", *names])
+        for name, row in zip(names, confusion.tolist()):
+            writer.writerow([name, *row])
+    return path
+
+
+def read_confusion_csv(path):
+    """(int64 [C, C] confusion matrix, class names) from a file written by `write_confusion_csv`."""
+    with tf.io.gfile.GFile(path) as f:
+        rows = list(csv.reader(f))
+    names = rows[0][1:]
+    return np.array([[int(v) for v in row[1:]] for row in rows[1:]], np.int64).reshape(len(names), len(names)), names
 
 
 def write_label_issues_csv(issues, path):

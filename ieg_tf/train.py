@@ -1,7 +1,8 @@
 """A training run end to end: data, strategy, network, trainer, `fit` with resume, then the run's outputs.
 
 The run directory receives the split (noisy labels, probe ids), checkpoints, TensorBoard logs, results.json,
-label_issues.csv and plots. Starting the same command again resumes from the last checkpoint.
+label_issues.csv, test_confusion.csv (the EMA model on the test set) and plots. Starting the same command again
+resumes from the last checkpoint.
 """
 
 import dataclasses
@@ -158,8 +159,10 @@ def run(run_cfg: RunConfig, trainer_cfg: TrainerConfig, data_spec=None, data=Non
     issues = report.report_for(trainer, data, batch_size=run_cfg.val_batch_size)
     results["label_issue_precision"], results["label_issue_recall"] = issues.precision, issues.recall
     results["label_issues_flagged"] = int(np.sum(issues.label_believed_wrong))
+    confusion = report.confusion_on_test_set(trainer, data, batch_size=run_cfg.val_batch_size)
+    results["test_per_class_accuracy"] = None if confusion is None else report.per_class_accuracy(confusion)
     if chief:
-        _write_outputs(trainer, data, run_cfg, results, history, issues)
+        _write_outputs(trainer, data, run_cfg, results, history, issues, confusion)
     print(summary_line(results), flush=True)
     return results
 
@@ -212,9 +215,11 @@ def _results(trainer, data, run_cfg, iter_epoch, history):
     }
 
 
-def _write_outputs(trainer, data, run_cfg, results, history, issues):
+def _write_outputs(trainer, data, run_cfg, results, history, issues, confusion):
     model_dir = run_cfg.model_dir
     report.write_label_issues_csv(issues, os.path.join(model_dir, "label_issues.csv"))
+    if confusion is not None:
+        report.write_confusion_csv(confusion, os.path.join(model_dir, "test_confusion.csv"), data.class_names)
     with tf.io.gfile.GFile(os.path.join(model_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     if history:

@@ -23,6 +23,7 @@ from ieg_tf.model import IEGTrainer  # noqa: E402
 
 METHOD = sys.argv[1]
 STEPS, GLOBAL, N = 2, 16, 64
+EVAL = 15  # one evaluation batch, split 8 / 7 over the replicas
 
 
 def make():
@@ -49,6 +50,8 @@ def by_hand(data):
             states.append(step.state)
             if step.per_example is not None:
                 ref.example_stats.update(half["id"], *step.per_example)
+            for name, value in step.logs.items():  # the logs pooled over both halves
+                ref.trackers[name].update_state(value[0], sample_weight=value[1])
         ref.commit_state([(a + b) / 2 for a, b in zip(*states)])
         # On one device the trainer divides by num_replicas_in_sync = 1; two replicas each divide by 2.
         ref.optimizer.apply([g / 2 for g in total], net.trainable_variables)
@@ -62,8 +65,20 @@ def mirrored(data):
         trainer = make()
     stacked = {k: np.concatenate([b[k] for b in data]) for k in data[0]}
     ds = tf.data.Dataset.from_tensor_slices(stacked).batch(GLOBAL)
-    trainer.fit(ds, steps_per_epoch=STEPS, epochs=1, verbose=0)
-    return trainer
+    history = trainer.fit(ds, steps_per_epoch=STEPS, epochs=1, verbose=0)
+    return trainer, {name: values[-1] for name, values in history.history.items()}
+
+
+def evaluation(ref, mir):
+    """evaluate() under the strategy on EVAL examples (one batch split unevenly over the 2 replicas) against the
+    pooled loss and accuracy of the same EMA logits by hand."""
+    x, _, true, _ = tinydata.blobs(per_class=16)
+    x, y = x[:EVAL], true[:EVAL].astype(np.int32)
+    logits = ref.ema_logits(tf.constant(x))
+    accuracy = float(np.mean(np.argmax(logits.numpy(), -1) == y))
+    loss = float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)))
+    got = mir.evaluate(tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL), return_dict=True, verbose=0)
+    return max(abs(got["accuracy"] - accuracy), abs(got["loss"] - loss))
 
 
 def max_diff(a, b):
@@ -71,8 +86,11 @@ def max_diff(a, b):
 
 
 data = batches()
-ref, mir = by_hand(data), mirrored(data)
+ref, (mir, logs) = by_hand(data), mirrored(data)
 out = {
+    # fit's logs and evaluate's results are the values over both replicas, not a mean of per-replica means
+    "logs": max(abs(logs[name] - float(tracker.result())) for name, tracker in ref.trackers.items()),
+    "eval": evaluation(ref, mir),
     "trainable": max_diff(ref.network.trainable_variables, mir.network.trainable_variables),
     "bn_statistics": max_diff(ref.network.non_trainable_variables, mir.network.non_trainable_variables),
     "ema": max_diff([v.numpy() for v in ref.ema_weights], [v.numpy() for v in mir.ema_weights]),

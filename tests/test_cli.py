@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ieg_tf import train
+from ieg_tf import report, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--batch_size=32", "--val_batch_size=200", "--jit_compile=false", "--network=small_cnn"]
@@ -51,6 +51,12 @@ def test_run_writes_results_report_plots_split_and_prints_the_summary_last(ieg_r
     assert len(rows) == results["train_examples"]
     assert {"id", "given_label", "suggested_label", "omega_mean", "pseudo_fraction", "label_believed_wrong",
             "true_label"} <= set(rows[0])
+    # the EMA model's test-set confusion matrix agrees with the last evaluation of fit
+    confusion, names = report.read_confusion_csv(os.path.join(model_dir, "test_confusion.csv"))
+    assert names == [str(k) for k in range(10)] and confusion.sum() == 599
+    assert abs(np.trace(confusion) / confusion.sum() - results["test_accuracy"]) < 1e-6
+    assert results["test_per_class_accuracy"] == report.per_class_accuracy(confusion)
+    assert len(results["test_per_class_accuracy"]) == 10
     for name in ("test_accuracy.png", "omega_distribution.png", "split/split.json", "split/noisy_labels.npy",
                  "split/probe_ids.npy", "checkpoints/checkpoint", "checkpoints/history.json"):
         assert os.path.exists(os.path.join(model_dir, name)), name

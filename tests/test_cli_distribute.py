@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from ieg_tf import report
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--batch_size=16", "--val_batch_size=300", "--network=small_cnn", "--max_iteration=4", "--eval_freq=2"]
 pytestmark = pytest.mark.slow
@@ -32,6 +34,9 @@ def test_mirrored_on_two_logical_cpus(tmp_path):
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
     assert results["steps"] == 4 and 0.0 <= results["test_accuracy"] <= 1.0
+    # the final EMA pass over the test set (one device) agrees with the distributed evaluation
+    confusion, _ = report.read_confusion_csv(tmp_path / "test_confusion.csv")
+    assert abs(np.trace(confusion) / confusion.sum() - results["test_accuracy"]) < 1e-6
 
 
 def _free_ports(n):
@@ -59,7 +64,10 @@ def test_multi_worker_with_two_local_workers(tmp_path):
     assert summaries[0].startswith("ieg_tf result:") and "steps=4" in summaries[0]
     assert summaries[0].split("seconds=")[0] == summaries[1].split("seconds=")[0]  # both workers agree
     with open(tmp_path / "results.json") as f:
-        assert json.load(f)["steps"] == 4
+        results = json.load(f)
+    assert results["steps"] == 4
+    confusion, _ = report.read_confusion_csv(tmp_path / "test_confusion.csv")
+    assert abs(np.trace(confusion) / confusion.sum() - results["test_accuracy"]) < 1e-6
     chief, other = _weights(str(tmp_path / "checkpoints")), _weights(str(tmp_path / "worker_tmp_1"))
     assert chief.keys() == other.keys()
     for name in chief:

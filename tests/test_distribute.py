@@ -20,7 +20,7 @@ def test_mirrored_two_replicas_equal_the_same_steps_by_hand(method):
     assert run.returncode == 0 and lines, run.stderr[-3000:]
     out = json.loads(lines[-1][len("RESULT "):])
     assert out["moved"] > 1e-2 and out["bn_moved"] > 1e-3  # the steps really changed the weights
-    for key in ("trainable", "bn_statistics", "ema", "accumulators"):
+    for key in ("trainable", "bn_statistics", "ema", "accumulators", "logs", "eval"):
         assert out[key] < 1e-5, (key, out)
     if method != "supervised":
         assert out["visits"] == [32.0, 32.0]

@@ -8,8 +8,8 @@ from ieg_tf import example_stats, plots
 from ieg_tf.config import TrainerConfig
 from ieg_tf.datasets import NoisyData
 from ieg_tf.model import IEGTrainer
-from ieg_tf.report import (COLUMNS, label_issues, read_label_issues_csv, report_for,
-                           write_label_issues_csv)
+from ieg_tf.report import (COLUMNS, confusion_on_test_set, label_issues, per_class_accuracy, read_confusion_csv,
+                           read_label_issues_csv, report_for, write_confusion_csv, write_label_issues_csv)
 
 C = 3
 # Hand-made statistics of 7 examples; the comment says what the flag rule must conclude and why.
@@ -193,6 +193,33 @@ def test_report_for_prefers_the_guesses_of_visited_examples():
     issues = report_for(trainer, data)
     np.testing.assert_array_equal(issues.suggested_label, guesses)
     assert issues.label_believed_wrong.all() and issues.precision is None
+
+
+def test_test_confusion_counts_ema_predictions_by_true_class(tmp_path):
+    import dataclasses
+    trainer = _trainer()
+    data = _data()
+    data = dataclasses.replace(data, test_images=data.train_images, test_labels=data.train_labels)
+    confusion = confusion_on_test_set(trainer, data, batch_size=4)
+    scaled = (data.train_images.astype(np.float32) / 255.0 - 0.5) * 2.0
+    ema = np.argmax(trainer.ema_logits(scaled).numpy(), axis=1)
+    expected = np.zeros((C, C), np.int64)
+    for t, p in zip(data.train_labels, ema):
+        expected[t, p] += 1
+    np.testing.assert_array_equal(confusion, expected)
+    write_confusion_csv(confusion, tmp_path / "c.csv", ["a", "b", "c"])
+    back, names = read_confusion_csv(tmp_path / "c.csv")
+    np.testing.assert_array_equal(back, confusion)
+    assert names == ["a", "b", "c"]
+    # no test images, or file paths (decoded only in the pipeline): no matrix
+    assert confusion_on_test_set(trainer, _data()) is None
+    paths = dataclasses.replace(data, test_images=np.array(["a.jpg"] * N))
+    assert confusion_on_test_set(trainer, paths) is None
+
+
+def test_per_class_accuracy_is_the_recall_of_each_class_and_none_for_an_absent_class():
+    confusion = np.array([[3, 1, 0], [0, 0, 0], [2, 0, 2]])
+    assert per_class_accuracy(confusion) == [0.75, None, 0.5]
 
 
 def test_report_for_rejects_a_trainer_without_matching_statistics():
