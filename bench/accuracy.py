@@ -145,7 +145,7 @@ def run_one(noise, method, steps, out, seed, jit, extra_flags=(), name=None, hol
     if wrong:
         errors.error_gallery(model_dir)
     return {**results, "run": f"{noise}/{name}", "noise": noise, "method": method, "seed": seed,
-            "suggestion_errors": wrong,
+            "suggestion_errors": wrong, "test_errors": errors.confusion_errors(model_dir),
             "holdout": holdout, "model_dir": str(model_dir), "command": "python " + " ".join(args),
             "wall_seconds": round(time.time() - start, 1)}
 

@@ -1,5 +1,6 @@
 """Where an ieg run's suggested labels are wrong: counts by (true, suggested) class and a gallery of the largest
-group beside the probe images, for runs whose label_issues.csv holds the true labels (bench/accuracy.py runs).
+group beside the probe images, for runs whose label_issues.csv holds the true labels (bench/accuracy.py runs);
+and where its test predictions are wrong, from the run's test_confusion.csv.
 
     python bench/errors.py /tmp/ieg_bench/accuracy/steps1246_seed2/uniform80_ieg   # prints the counts, draws the PNG
 
@@ -42,6 +43,21 @@ def _suggestion_errors(issues, top=5):
     return dict(suggested_accuracy=round(1 - int(wrong.sum()) / len(true), 4), wrong=int(wrong.sum()),
                 kept_wrong_label=int(np.sum(wrong & (given == suggested))),
                 overrode_right_label=int(np.sum(wrong & (given == true))),
+                top_pairs=dict(sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:top]))
+
+
+def confusion_errors(model_dir, top=5):
+    """The run's test-set errors from its test_confusion.csv: accuracy, count of wrong predictions and the most
+    frequent (true, predicted) pairs among them, as "t->p": count; None when the run wrote no confusion matrix."""
+    from ieg_tf import report
+    path = pathlib.Path(model_dir) / "test_confusion.csv"
+    if not path.exists():
+        return None
+    confusion, names = report.read_confusion_csv(path)
+    pairs = {f"{names[t]}->{names[p]}": int(confusion[t, p]) for t in range(len(names)) for p in range(len(names))
+             if t != p and confusion[t, p]}
+    total, right = int(confusion.sum()), int(confusion.trace())
+    return dict(accuracy=round(right / total, 4) if total else None, wrong=total - right,
                 top_pairs=dict(sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:top]))
 
 
@@ -138,8 +154,9 @@ def main(argv=None):
     for model_dir in args.model_dir:
         if not (pathlib.Path(model_dir) / "label_issues.csv").exists():
             parser.error(f"{model_dir} has no label_issues.csv: give the directory of a finished ieg run")
+        print(f"{model_dir}: test set {json.dumps(confusion_errors(model_dir, args.top))}")
         counts = suggestion_errors(model_dir, args.top)
-        print(f"{model_dir}: {json.dumps(counts) if counts else 'no true labels in label_issues.csv'}")
+        print(f"{model_dir}: suggested labels {json.dumps(counts) if counts else 'no true labels in label_issues.csv'}")
         if counts:
             path = error_gallery(model_dir)
             print(f"{model_dir}: {'gallery ' + str(path) if path else 'every suggested label is right'}")

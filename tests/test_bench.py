@@ -229,6 +229,16 @@ def test_suggestion_errors_counts_wrong_suggestions_by_true_and_suggested_class(
     assert errors.suggestion_errors(tmp_path) is None
 
 
+def test_confusion_errors_count_test_errors_by_true_and_predicted_class(tmp_path):
+    import numpy as np
+
+    from ieg_tf import report
+    assert errors.confusion_errors(tmp_path) is None  # a run without test_confusion.csv
+    confusion = np.array([[5, 0, 1], [2, 7, 0], [0, 3, 2]])
+    report.write_confusion_csv(confusion, tmp_path / "test_confusion.csv")
+    assert errors.confusion_errors(tmp_path, top=2) == dict(accuracy=0.7, wrong=6, top_pairs={"2->1": 3, "1->0": 2})
+
+
 def test_error_gallery_shows_the_largest_wrong_group_by_id_beside_the_two_probe_images(tmp_path, capsys):
     import numpy as np
 
