@@ -28,11 +28,12 @@ digits default. `--flags='--ce_factor=2' --tag ce2` adds flags to every run and 
 on holdout figures over several seeds, then checked once on the test set.
 
 Prints markdown tables and writes `<out>/accuracy.json` and `<out>/accuracy_curves.png` (test accuracy against
-steps, one panel per noise; `holdout_` and `_<tag>` mark the variants); each run's directory
-(`<out>/[holdout_]steps<N>_seed<S>/<noise>_<method>[_<tag>]`) holds its results.json, label_issues.csv and the
-plots test_accuracy.png / omega_distribution.png, and for ieg runs suggestion_errors.png (`bench/errors.py`:
-the largest group of wrong suggested labels beside the probe images). A finished run is not trained again (the
-package resumes from its checkpoints); delete `<out>` to start over.
+steps, one panel per noise, with several seeds their mean and min-max band; `holdout_` and `_<tag>` mark the
+variants); each run's directory (`<out>/[holdout_]steps<N>_seed<S>/<noise>_<method>[_<tag>]`) holds its
+results.json, label_issues.csv, test_confusion.csv and the plots test_accuracy.png / omega_distribution.png, and
+for ieg runs suggestion_errors.png (`bench/errors.py`: the largest group of wrong suggested labels beside the
+probe images). A finished run is not trained again (the package resumes from its checkpoints and rewrites its
+outputs); delete `<out>` to start over.
 """
 
 import argparse
@@ -230,22 +231,39 @@ def history_curve(model_dir):
     return [h["step"] for h in history], [h["val_accuracy"] for h in history]
 
 
+def seed_bands(rows):
+    """{run name: (steps, mean, min, max)} of the EMA test accuracy (%) over the seeds of each run, on the
+    evaluation steps that all of its seeds have, in the order the runs first appear."""
+    import numpy as np
+    curves = {}
+    for r in rows:
+        curves.setdefault(r["run"], []).append(dict(zip(*history_curve(r["model_dir"]))))
+    bands = {}
+    for run, histories in curves.items():
+        steps = sorted(set.intersection(*(set(h) for h in histories)))
+        acc = 100 * np.array([[h[s] for s in steps] for h in histories])
+        bands[run] = (steps, acc.mean(0), acc.min(0), acc.max(0))
+    return bands
+
+
 def plot_curves(rows, path):
-    """One panel per noise setting: EMA test accuracy against steps, one line per run (labelled with its seed
-    when there are several); the clean-label ceiling (clean/supervised, final accuracy, mean over seeds) as a
-    dotted line in every panel."""
+    """One panel per noise setting: EMA test accuracy against steps, one line per run, or with several seeds the
+    mean over the seeds with their min-max band; the clean-label ceiling (clean/supervised, final accuracy, mean
+    over seeds) as a dotted line in every panel."""
     from matplotlib.figure import Figure
     noises = list(dict.fromkeys(r["noise"] for r in rows if r["noise"] != "clean"))
     ceilings = [r["test_accuracy"] for r in rows if (r["noise"], r["method"]) == ("clean", "supervised")]
-    several_seeds = len({r.get("seed") for r in rows}) > 1
+    seeds = len({r.get("seed") for r in rows})
+    bands = seed_bands(rows)
     fig = Figure(figsize=(5.5 * max(len(noises), 1), 4), dpi=100)
     axes = fig.subplots(1, max(len(noises), 1), squeeze=False)[0]
     for ax, noise in zip(axes, noises or ["clean"]):
-        for r in rows:
-            if r["noise"] == noise or (r["noise"] == "clean" and r["method"] == "ieg"):
-                steps, acc = history_curve(r["model_dir"])
-                label = f"{r['run']} seed {r.get('seed')}" if several_seeds else r["run"]
-                ax.plot(steps, [100 * a for a in acc], label=label, linewidth=1.2)
+        for run, (steps, mean, low, high) in bands.items():
+            if run.split("/")[0] == noise or run == "clean/ieg":
+                line, = ax.plot(steps, mean, linewidth=1.2,
+                                label=f"{run} (mean of {seeds} seeds, min-max)" if seeds > 1 else run)
+                if seeds > 1:
+                    ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
         if ceilings:
             ax.axhline(100 * sum(ceilings) / len(ceilings), color="black", linestyle=":",
                        label="clean/supervised (ceiling)")
@@ -254,7 +272,7 @@ def plot_curves(rows, path):
         ax.set_ylabel("test accuracy (EMA) %")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8 if len(rows) < 12 else 6)
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, format="png")
     return path

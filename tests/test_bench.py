@@ -296,6 +296,24 @@ def test_plot_curves_draws_every_run_from_its_history(tmp_path):
                              tmp_path / "x.png")
 
 
+def test_seed_bands_give_mean_min_max_over_seeds_on_common_steps(tmp_path):
+    import numpy as np
+    rows = []
+    for seed, accs in ((1, {10: 0.5, 20: 0.7, 30: 0.9}), (2, {10: 0.7, 20: 0.9})):  # seed 2 stopped at step 20
+        model_dir = tmp_path / f"s{seed}"
+        (model_dir / "checkpoints").mkdir(parents=True)
+        (model_dir / "checkpoints" / "history.json").write_text(
+            json.dumps([dict(step=s, val_accuracy=a) for s, a in accs.items()]))
+        rows.append(dict(_row("uniform80/ieg", 0.9, seed=seed), model_dir=str(model_dir)))
+    steps, mean, low, high = accuracy.seed_bands(rows)["uniform80/ieg"]
+    assert steps == [10, 20]
+    np.testing.assert_allclose(mean, [60.0, 80.0])
+    np.testing.assert_allclose(low, [50.0, 70.0])
+    np.testing.assert_allclose(high, [70.0, 90.0])
+    path = accuracy.plot_curves(rows, tmp_path / "bands.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_augment_bench_reads_the_step_time_report_and_measures_throughput():
     from bench import augment as augment_bench
     report = {"summary": [dict(network="wrn28-2", jit=True, batch=100, ieg_ms=900.0),
