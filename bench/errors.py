@@ -43,7 +43,7 @@ def _suggestion_errors(issues, top=5):
     return dict(suggested_accuracy=round(1 - int(wrong.sum()) / len(true), 4), wrong=int(wrong.sum()),
                 kept_wrong_label=int(np.sum(wrong & (given == suggested))),
                 overrode_right_label=int(np.sum(wrong & (given == true))),
-                top_pairs=dict(sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:top]))
+                top_pairs=_top_pairs(pairs, top))
 
 
 def confusion_errors(model_dir, top=5):
@@ -58,7 +58,12 @@ def confusion_errors(model_dir, top=5):
              if t != p and confusion[t, p]}
     total, right = int(confusion.sum()), int(confusion.trace())
     return dict(accuracy=round(right / total, 4) if total else None, wrong=total - right,
-                top_pairs=dict(sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:top]))
+                top_pairs=_top_pairs(pairs, top))
+
+
+def _top_pairs(pairs, top):
+    """The `top` most frequent of {"t->s": count}, most frequent first, ties in key order."""
+    return dict(sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:top])
 
 
 def gallery_rows(model_dir, train_images, max_group=16, max_others=8):
