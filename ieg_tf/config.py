@@ -15,6 +15,9 @@ class TrainerConfig:
     Attributes:
       method: "ieg", "l2r" (Learning to Reweight, SPEC 6) or "supervised" (CE on the given labels).
       ce_factor: p, weight of the MixUp CE on unlabeled data; 0 drops the whole MixUp term (probe part too).
+      ce_rampup_steps: R >= 0; the weight on the unlabeled MixUp CE is p * min(1, t / R) at step t, a linear
+        ramp as in MixMatch, so the first steps' guesses (from a model that has seen little more than the probe)
+        carry less weight. 0 = the full weight p from the first step (the reference).
       consistency_factor: k, weight of the KL consistency loss.
       meta_stepsize: eta_meta, the fixed look-ahead step (not the current learning rate).
       meta_momentum: mu_meta; 0 gives a plain SGD look-ahead.
@@ -45,6 +48,7 @@ class TrainerConfig:
 
     method: str = "ieg"
     ce_factor: float = 5.0
+    ce_rampup_steps: int = 0
     consistency_factor: float = 20.0
     meta_stepsize: float = 0.1
     meta_momentum: float = 0.9
@@ -74,6 +78,9 @@ class TrainerConfig:
         if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
             raise ValueError(f"meta_every must be an int >= 1 (1 = solve omega*, lambda* every step), got "
                              f"{self.meta_every!r}")
+        ramp = self.ce_rampup_steps
+        if isinstance(ramp, bool) or not isinstance(ramp, numbers.Integral) or ramp < 0:
+            raise ValueError(f"ce_rampup_steps must be an int >= 0 (0 = no ramp), got {ramp!r}")
         for name in ("ce_factor", "consistency_factor", "meta_stepsize", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -42,6 +42,8 @@ flags.DEFINE_string("array_file", None, "dataset=arrays: .npz with x_train, y_tr
 # Method and its constants (SPEC 1.0).
 flags.DEFINE_enum("method", "ieg", METHODS, "Training method.")
 flags.DEFINE_float("ce_factor", 5.0, "p: weight of the MixUp loss on unlabeled data.", lower_bound=0.0)
+flags.DEFINE_integer("ce_rampup_steps", 0, "Ramp p linearly from 0 over this many steps (0 = the reference: no "
+                     "ramp).", lower_bound=0)
 flags.DEFINE_float("consistency_factor", None, "k: weight of the KL consistency loss (default 20, the paper's; "
                    "5 on the 8x8 digits, see BUILD_NOTES).", lower_bound=0.0)
 flags.DEFINE_float("meta_stepsize", 0.1, "Look-ahead step size.", lower_bound=0.0)
@@ -120,7 +122,7 @@ def configs_from_flags():
         skip_bad_images=f.skip_bad_images, array_file=f.array_file)
     consistency = f.consistency_factor
     trainer_cfg = TrainerConfig(
-        method=f.method, ce_factor=f.ce_factor,
+        method=f.method, ce_factor=f.ce_factor, ce_rampup_steps=f.ce_rampup_steps,
         consistency_factor=train.default_consistency_factor(f.dataset) if consistency is None else consistency,
         meta_stepsize=f.meta_stepsize, meta_momentum=f.meta_momentum, grad_eps_init=f.grad_eps_init,
         clean_threshold=f.clean_threshold, ema_decay=f.ema_decay, seed=f.seed,

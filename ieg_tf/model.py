@@ -220,7 +220,7 @@ class IEGTrainer(keras.Model):
             # 5c. KL consistency, gradient through the strong view only.
             kl = losses.kl_consistency(z, z_strong)
             l2 = losses.l2_penalty(self.decayed_variables, cfg.weight_decay)
-            total = sup_loss + mix_probe + cfg.ce_factor * mix_unl + cfg.consistency_factor * kl + l2
+            total = sup_loss + mix_probe + self._ce_weight() * mix_unl + cfg.consistency_factor * kl + l2
             scaled = self._scale(total)
         grads = tape.gradient(scaled, params)
 
@@ -235,6 +235,14 @@ class IEGTrainer(keras.Model):
             "train_acc": (_accuracy(z, y), ones),
         }
         return StepResult(grads, logs, (omega, lam, guess), state)
+
+    def _ce_weight(self):
+        """p at this step: ce_factor, ramped linearly from 0 over ce_rampup_steps when that is set."""
+        cfg = self.config
+        if not cfg.ce_rampup_steps:
+            return cfg.ce_factor
+        t = tf.cast(self.optimizer.iterations, tf.float32)
+        return cfg.ce_factor * tf.minimum(1.0, t / float(cfg.ce_rampup_steps))
 
     def _mixup_losses(self, x, xs, xp, yp, unlabeled_target, seed):
         cfg = self.config

@@ -98,3 +98,17 @@ def test_schedule_and_optimizer_state_are_variables_for_checkpoints():
     trainer.compile(optimizer=optim.TF1Momentum(0.1))
     names = {v.path for v in trainer.optimizer.variables}
     assert any("accumulator" in n for n in names)
+
+
+def test_ce_rampup_scales_the_unlabeled_mixup_term_linearly():
+    trainer, _ = _fit("ieg", steps=2, ce_factor=4.0, consistency_factor=3.0, ce_rampup_steps=10)
+    x, noisy, true, centers = tinydata.blobs(per_class=16)
+    batch = next(iter(tinydata.train_dataset(x, noisy, true, *tinydata.probe(centers), batch_size=16)))
+    for step, weight in [(0, 0.0), (5, 2.0), (10, 4.0), (25, 4.0)]:
+        trainer.optimizer.iterations.assign(step)
+        logs = {k: float(v[0]) for k, v in trainer.compute_gradients(batch, tf.constant([1, 2])).logs.items()}
+        assert logs["mix_unl_loss"] > 0
+        rest = logs["sup_loss"] + logs["mix_probe_loss"] + 3.0 * logs["kl_loss"] + logs["l2_loss"]
+        np.testing.assert_allclose(logs["loss"] - rest, weight * logs["mix_unl_loss"], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="ce_rampup_steps"):
+        TrainerConfig(ce_rampup_steps=-1)
