@@ -74,13 +74,8 @@ class TrainerConfig:
         if self.meta_grad_mode not in META_GRAD_MODES:
             raise ValueError(f"unknown meta_grad_mode '{self.meta_grad_mode}'; choose one of: "
                              f"{', '.join(META_GRAD_MODES)}")
-        every = self.meta_every
-        if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
-            raise ValueError(f"meta_every must be an int >= 1 (1 = solve omega*, lambda* every step), got "
-                             f"{self.meta_every!r}")
-        ramp = self.ce_rampup_steps
-        if isinstance(ramp, bool) or not isinstance(ramp, numbers.Integral) or ramp < 0:
-            raise ValueError(f"ce_rampup_steps must be an int >= 0 (0 = no ramp), got {ramp!r}")
+        _require_int("meta_every", self.meta_every, 1, "1 = solve omega*, lambda* every step")
+        _require_int("ce_rampup_steps", self.ce_rampup_steps, 0, "0 = no ramp")
         for name in ("ce_factor", "consistency_factor", "meta_stepsize", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -92,6 +87,12 @@ class TrainerConfig:
             raise ValueError(f"clean_threshold must be >= 0 (or unset), got {self.clean_threshold}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+def _require_int(name, value, minimum, meaning):
+    """Raises ValueError unless `value` is an int (not a bool) >= minimum; `meaning` explains the minimum."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum} ({meaning}), got {value!r}")
 
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
