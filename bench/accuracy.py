@@ -22,6 +22,12 @@ Seeds (`--seed 12345 1 2`): every run is trained once per seed (the seed draws t
 order and the step's randomness; the test split is fixed). The targets are then checked per seed, with the mean
 gap and whether every seed met them, and a second table gives mean / min / max over the seeds.
 
+Probe size and noise ratio, the paper's grid (SPEC section 5): `--probe_per_class 1 5 10` trains the methods
+that learn from the probe (l2r, ieg, ieg_split) once per size, on the noisy settings (`_probe<K>` in run names;
+same schedule as the 1-image runs), and `--noise uniform20 uniform40 uniform80` adds the paper's lower noise
+ratios. A third table then gives, per run and noise, the mean test accuracy over the seeds and the mean gap to
+each seed's ceiling. The targets always read the 1-image runs.
+
 Tuning without the test set (`--holdout`): each run trains on a stratified 2/3 of the digits training split
 (drawn with the seed) and is scored on the other third with its true labels, same schedule and KL weight as the
 digits default. `--flags='--ce_factor=2' --tag ce2` adds flags to every run and names them. Settings are chosen
@@ -49,9 +55,12 @@ from bench import common, errors  # noqa: E402
 
 NOISE = {  # name -> (noise_type, noise_ratio)
     "clean": ("none", 0.0),
+    "uniform20": ("uniform", 0.2),
+    "uniform40": ("uniform", 0.4),
     "uniform80": ("uniform", 0.8),
     "asym40": ("asymmetric", 0.4),
 }
+DEFAULT_NOISE = ("clean", "uniform80", "asym40")  # the issue's table; uniform20/40 complete the paper's grid
 METHODS = {  # name -> (--method, extra flags)
     "supervised": ("supervised", []),
     "l2r": ("l2r", []),
@@ -61,17 +70,24 @@ METHODS = {  # name -> (--method, extra flags)
 }
 DEFAULT_METHODS = ("supervised", "l2r", "ieg", "ieg_split")
 CLEAN_METHODS = ("supervised", "ieg")
+PROBE_METHODS = ("l2r", "ieg", "ieg_split")  # the methods that learn from the probe set
 DEFAULT_STEPS = 1246  # ieg_tf.train.DATASET_DEFAULTS["digits"]["max_iteration"]: the end of an SGDR cycle
 DIGITS_KL_WEIGHT = 5.0  # ieg_tf.train.DATASET_DEFAULTS["digits"]["consistency_factor"]
 DIGITS_EPOCH = 11  # steps per epoch of the digits run: (1198 train - 10 probe) // 100, its eval period and 1st cycle
 HOLDOUT_FRACTION = 1 / 3
-HOLDOUT_NOISE = ("clean", "uniform80")  # asymmetric noise has a mapping for the named data set only
+HOLDOUT_NOISE = ("clean", "uniform20", "uniform40", "uniform80")  # asymmetric noise: a mapping for digits only
 
 
-def planned_runs(methods, noises):
-    """(noise, method) pairs in table order; on clean labels only supervised (the ceiling) and ieg."""
+def planned_runs(methods, noises, probe_per_class=1):
+    """(noise, method) pairs in table order; on clean labels only supervised (the ceiling) and ieg.
+
+    With more than 1 probe image per class only the methods that learn from the probe (l2r, ieg, ieg_split) on
+    noisy labels: supervised never reads the probe (more images would only shrink its training split), and on
+    clean labels the paper reports one figure for every probe size.
+    """
     return [(n, m) for n in noises for m in METHODS
-            if m in methods and (m in CLEAN_METHODS if n == "clean" else True)]
+            if m in methods and (m in CLEAN_METHODS if n == "clean" else True)
+            and (probe_per_class == 1 or (n != "clean" and m in PROBE_METHODS))]
 
 
 def oracle_flags(noise, model_dir, seed):
@@ -120,35 +136,55 @@ def holdout_flags(noise, model_dir, seed):
             f"--eval_freq={DIGITS_EPOCH}", f"--decay_steps={DIGITS_EPOCH}", f"--consistency_factor={DIGITS_KL_WEIGHT}"]
 
 
-def run_one(noise, method, steps, out, seed, jit, extra_flags=(), name=None, holdout=False):
-    """Trains one configuration (or finds it finished) and returns its results.json plus wall seconds.
+def run_name(method, probe_per_class=1, tag=""):
+    """A run's name in tables and its directory: the method, then `_probe<K>` unless K = 1 (the issue's setting),
+    then the --tag."""
+    return "_".join(filter(None, [method, f"probe{probe_per_class}" if probe_per_class != 1 else "", tag]))
 
-    `extra_flags` are appended to the method's flags; `name` (default: the method) names the run directory;
-    `holdout` scores on a held-out third of the training split instead of the test set (`holdout_flags`).
-    """
+
+def run_command(noise, method, steps, out, seed, jit, extra_flags=(), name=None, holdout=False, probe_per_class=1):
+    """(model dir, `python` arguments) of one run; see `run_one`. With K > 1 probe images per class the
+    evaluation period and first SGDR cycle stay one epoch of the 1-probe run (DIGITS_EPOCH), so every probe size
+    trains on the same schedule and its 1246 steps still end at the bottom of a cycle."""
     noise_type, ratio = NOISE[noise]
     flag, extra = METHODS[method]
     extra = [*extra, *extra_flags]
-    name = name or method
+    name = name or run_name(method, probe_per_class)
     model_dir = out / f"{'holdout_' if holdout else ''}steps{steps}_seed{seed}" / f"{noise}_{name}"
-    if holdout and method == "oracle":
-        raise ValueError("the oracle needs the digits noise realisation; it has no --holdout form")
+    if method == "oracle" and (holdout or probe_per_class != 1):
+        raise ValueError("the oracle is built from the digits run with 1 probe image per class; it has no "
+                         "--holdout form and no other probe size")
     data_flags = (holdout_flags(noise, model_dir, seed) if holdout else
                   oracle_flags(noise, model_dir, seed) if method == "oracle" else
                   ["--dataset=digits", f"--noise_type={noise_type}", f"--noise_ratio={ratio}"])
-    args = ["-m", "ieg_tf.main", *data_flags, "--network=small_cnn", "--probe_per_class=1", f"--method={flag}",
-            *extra, f"--max_iteration={steps}", f"--seed={seed}", f"--jit_compile={jit}", f"--model_dir={model_dir}"]
+    if probe_per_class != 1 and not holdout:  # holdout_flags already fix the schedule
+        data_flags += [f"--eval_freq={DIGITS_EPOCH}", f"--decay_steps={DIGITS_EPOCH}"]
+    args = ["-m", "ieg_tf.main", *data_flags, "--network=small_cnn", f"--probe_per_class={probe_per_class}",
+            f"--method={flag}", *extra, f"--max_iteration={steps}", f"--seed={seed}", f"--jit_compile={jit}",
+            f"--model_dir={model_dir}"]
+    return model_dir, args
+
+
+def run_one(noise, method, steps, out, seed, jit, extra_flags=(), name=None, holdout=False, probe_per_class=1):
+    """Trains one configuration (or finds it finished) and returns its results.json plus wall seconds.
+
+    `extra_flags` are appended to the method's flags; `name` (default: `run_name`) names the run directory;
+    `holdout` scores on a held-out third of the training split instead of the test set (`holdout_flags`);
+    `probe_per_class` is the size of the trusted probe set per class (the issue's setting: 1).
+    """
+    model_dir, args = run_command(noise, method, steps, out, seed, jit, extra_flags, name, holdout, probe_per_class)
+    name = model_dir.name[len(noise) + 1:]
     start = time.time()
     common.run_python(args, out / "logs" / f"{model_dir.parent.name}_{noise}_{name}.log")
     results = json.loads((model_dir / "results.json").read_text())
     # results.json's "method" is the trainer's (ieg for ieg_split); the row keeps the benchmark's name.
-    wrong = errors.suggestion_errors(model_dir) if flag == "ieg" else None
+    wrong = errors.suggestion_errors(model_dir) if METHODS[method][0] == "ieg" else None
     if wrong:
         errors.error_gallery(model_dir)
     return {**results, "run": f"{noise}/{name}", "noise": noise, "method": method, "seed": seed,
-            "suggestion_errors": wrong, "test_errors": errors.confusion_errors(model_dir),
-            "holdout": holdout, "model_dir": str(model_dir), "command": "python " + " ".join(args),
-            "wall_seconds": round(time.time() - start, 1)}
+            "probe_per_class": probe_per_class, "suggestion_errors": wrong,
+            "test_errors": errors.confusion_errors(model_dir), "holdout": holdout, "model_dir": str(model_dir),
+            "command": "python " + " ".join(args), "wall_seconds": round(time.time() - start, 1)}
 
 
 def check_targets(rows):
@@ -175,7 +211,8 @@ def check_targets(rows):
 
 
 def _seed_targets(rows):
-    acc = {f"{r['noise']}/{r['method']}": r["test_accuracy"] for r in rows}  # run names may carry a --tag
+    # The issue's setting: 1 probe image per class. Run names may carry a --tag; the method does not.
+    acc = {f"{r['noise']}/{r['method']}": r["test_accuracy"] for r in rows if r.get("probe_per_class", 1) == 1}
     ieg, ceiling, sup = acc.get("uniform80/ieg"), acc.get("clean/supervised"), acc.get("uniform80/supervised")
     targets = {}
     if ieg is not None and ceiling is not None:
@@ -194,35 +231,71 @@ def issue_cells(row):
 
 
 def table(rows):
-    """The markdown table; supervised and l2r never relabel, so they flag nothing and get no issue columns."""
+    """The markdown table; supervised and l2r never relabel, so they flag nothing and get no issue columns. The
+    method column is the run's name (the method, its probe size unless 1, its --tag)."""
     header = ["noise", "method", "seed", "test acc % (final)", "best %", "issue precision", "issue recall",
               "train s", "wall s"]
-    cells = [[r["noise"], r["method"], r.get("seed", "-"), common.fmt(r["test_accuracy"], 1, 100),
+    cells = [[r["noise"], r["run"].split("/", 1)[1], r.get("seed", "-"), common.fmt(r["test_accuracy"], 1, 100),
               common.fmt(r["best_test_accuracy"], 1, 100), *issue_cells(r), common.fmt(r["seconds"], 0),
               common.fmt(r["wall_seconds"], 0)] for r in rows]
     return common.markdown_table(header, cells)
 
 
 def seed_summary(rows):
-    """Markdown table per (noise, method) over the seeds: final test accuracy (mean, min, max), mean best test
+    """Markdown table per run (noise and name) over the seeds: final test accuracy (mean, min, max), mean best test
     accuracy, and for ieg runs the mean label-issue precision and recall (over the seeds that have them)."""
     groups = {}
     for r in rows:
-        groups.setdefault((r["noise"], r["method"]), []).append(r)
+        groups.setdefault((r["noise"], r["run"].split("/", 1)[1]), []).append(r)
 
     def mean(values, digits, scale=1):
         values = [v for v in values if v is not None]
         return common.fmt(sum(values) / len(values), digits, scale) if values else "-"
 
     cells = []
-    for (noise, method), group in groups.items():
+    for (noise, name), group in groups.items():
         acc = [100 * r["test_accuracy"] for r in group]
         issues = [mean([r[f"label_issue_{k}"] for r in group], 3) for k in ("precision", "recall")]
-        cells.append([noise, method, f"{sum(acc) / len(acc):.1f}", f"{min(acc):.1f}", f"{max(acc):.1f}",
+        cells.append([noise, name, f"{sum(acc) / len(acc):.1f}", f"{min(acc):.1f}", f"{max(acc):.1f}",
                       mean([r["best_test_accuracy"] for r in group], 1, 100),
-                      *(issues if METHODS[method][0] == "ieg" else ["-", "-"]), len(group)])
+                      *(issues if METHODS[group[0]["method"]][0] == "ieg" else ["-", "-"]), len(group)])
     return common.markdown_table(["noise", "method", "mean %", "min %", "max %", "mean best %",
                                   "issue precision", "issue recall", "seeds"], cells)
+
+
+def noise_grid(rows):
+    """The paper's layout (SPEC section 5: a row per method and probe size M, a column per noise ratio): per run
+    name and noise setting, the mean final test accuracy over the seeds and the mean gap to each seed's ceiling
+    (clean/supervised with 1 probe image per class), in points.
+
+    Returns {name: {"probe_per_class": M, noise: {"mean": %, "gap": points or None, "seeds": n}}} in the order the
+    names first appear; the columns follow NOISE.
+    """
+    ceiling = {r.get("seed"): r["test_accuracy"] for r in rows
+               if (r["noise"], r["method"], r.get("probe_per_class", 1)) == ("clean", "supervised", 1)}
+    grid = {}
+    for r in rows:
+        name = r["run"].split("/", 1)[1]
+        grid.setdefault(name, {"probe_per_class": r.get("probe_per_class", 1)}).setdefault(r["noise"], []).append(r)
+    for cells in grid.values():
+        for noise in [n for n in NOISE if n in cells]:
+            group = cells[noise]
+            gaps = [100 * (ceiling[r.get("seed")] - r["test_accuracy"]) for r in group if r.get("seed") in ceiling]
+            cells[noise] = dict(mean=round(100 * sum(r["test_accuracy"] for r in group) / len(group), 2),
+                                gap=round(sum(gaps) / len(gaps), 2) if len(gaps) == len(group) else None,
+                                seeds=len(group))
+    return grid
+
+
+def grid_table(grid):
+    """`noise_grid` as markdown: "mean % (gap)" per noise column, "-" where a setting was not run."""
+    noises = [n for n in NOISE if any(n in cells for cells in grid.values())]
+
+    def cell(c):
+        return "-" if c is None else f"{c['mean']:.1f}" + ("" if c["gap"] is None else f" ({c['gap']:.1f})")
+
+    cells = [[name, c["probe_per_class"], *(cell(c.get(n)) for n in noises)] for name, c in grid.items()]
+    return common.markdown_table(["run", "probe/class", *(f"{n}: mean % (gap)" for n in noises)], cells)
 
 
 def history_curve(model_dir):
@@ -284,9 +357,12 @@ def main(argv=None):
     parser.add_argument("--out", default="/tmp/ieg_bench/accuracy", help="run directories and accuracy.json")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(DEFAULT_METHODS),
                         help="oracle is a diagnostic, off by default")
-    parser.add_argument("--noise", nargs="+", choices=list(NOISE), default=list(NOISE))
+    parser.add_argument("--noise", nargs="+", choices=list(NOISE), default=list(DEFAULT_NOISE))
     parser.add_argument("--seed", type=int, nargs="+", default=[12345],
                         help="one or more seeds; every run is trained once per seed")
+    parser.add_argument("--probe_per_class", type=int, nargs="+", default=[1],
+                        help="probe images per class, one or more (the paper's M/10); every run is trained once per "
+                             "size; the targets read the 1-image runs")
     parser.add_argument("--holdout", action="store_true",
                         help="tuning mode: train on 2/3 of the training split and score on the other third "
                              f"(never the test set); noise {' or '.join(HOLDOUT_NOISE)} only")
@@ -298,8 +374,11 @@ def main(argv=None):
                         help="XLA for the train step (auto = on, one device)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (each is its own process)")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.jobs < 1:
-        parser.error(f"--steps and --jobs must be >= 1, got {args.steps} and {args.jobs}")
+    if args.steps < 1 or args.jobs < 1 or min(args.probe_per_class) < 1:
+        parser.error(f"--steps, --jobs and --probe_per_class must be >= 1, got {args.steps}, {args.jobs} and "
+                     f"{min(args.probe_per_class)}")
+    if "oracle" in args.methods and args.probe_per_class != [1]:
+        parser.error("the oracle is a 1-probe-image diagnostic: run it without --probe_per_class")
     if args.flags and not args.tag:
         parser.error("--flags changes what a run trains, so give it a --tag (it names the run directories)")
     if args.holdout and (set(args.noise) - set(HOLDOUT_NOISE) or "oracle" in args.methods):
@@ -308,20 +387,22 @@ def main(argv=None):
     out = pathlib.Path(args.out)
     extra = shlex.split(args.flags)
 
-    def one(seed, noise, method):
-        name = f"{method}_{args.tag}" if args.tag else method
+    def one(seed, noise, method, probe):
+        name = run_name(method, probe, args.tag)
         print(f"[accuracy] seed {seed} {noise}/{name}: {args.steps} steps ...", flush=True)
-        row = run_one(noise, method, args.steps, out, seed, args.jit, extra, name, holdout=args.holdout)
+        row = run_one(noise, method, args.steps, out, seed, args.jit, extra, name, args.holdout, probe)
         print(f"[accuracy] seed {seed} {noise}/{name}: {'holdout' if args.holdout else 'test'} accuracy "
               f"{common.fmt(row['test_accuracy'], 1, 100)}%, {row['wall_seconds']:.0f} s", flush=True)
         if row["suggestion_errors"]:
             print(f"[accuracy] seed {seed} {noise}/{name}: suggested labels {row['suggestion_errors']}", flush=True)
         return row
 
-    plan = [(seed, noise, method) for seed in args.seed for noise, method in planned_runs(args.methods, args.noise)]
+    plan = [(seed, noise, method, probe) for seed in args.seed for probe in args.probe_per_class
+            for noise, method in planned_runs(args.methods, args.noise, probe)]
     rows = common.run_parallel(one, plan, args.jobs)
-    report = dict(steps=args.steps, seeds=args.seed, holdout=args.holdout, flags=extra, jit=args.jit, runs=rows,
-                  targets=check_targets(rows))
+    grid = noise_grid(rows)
+    report = dict(steps=args.steps, seeds=args.seed, holdout=args.holdout, flags=extra, jit=args.jit,
+                  probe_per_class=args.probe_per_class, runs=rows, targets=check_targets(rows), grid=grid)
     stem = "_".join(filter(None, ["holdout" if args.holdout else "", "accuracy", args.tag]))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
@@ -329,6 +410,8 @@ def main(argv=None):
     print(table(rows))
     if len(args.seed) > 1:
         print(seed_summary(rows))
+    if len(args.probe_per_class) > 1 or sum(n.startswith("uniform") for n in args.noise) > 1:
+        print(grid_table(grid))
     print(json.dumps(report["targets"]))
     print(f"written: {out / f'{stem}.json'}, {out / f'{stem}_curves.png'}")
 

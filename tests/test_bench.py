@@ -111,6 +111,57 @@ def test_accuracy_cli_refuses_untagged_flags_and_holdout_without_its_noise(capsy
     with pytest.raises(SystemExit):
         accuracy.main(["--holdout", "--noise", "asym40"])
     assert "--holdout runs the noise settings" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        accuracy.main(["--probe_per_class", "0"])
+    assert "--probe_per_class must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        accuracy.main(["--methods", "oracle", "--probe_per_class", "1", "3"])
+    assert "oracle is a 1-probe-image diagnostic" in capsys.readouterr().err
+
+
+def test_more_probe_images_plan_only_the_probe_methods_on_noisy_labels():
+    plan = accuracy.planned_runs(["supervised", "ieg", "l2r"], ["clean", "uniform40", "uniform80"], probe_per_class=5)
+    assert plan == [("uniform40", "l2r"), ("uniform40", "ieg"), ("uniform80", "l2r"), ("uniform80", "ieg")]
+    assert ("clean", "supervised") in accuracy.planned_runs(["supervised"], ["clean"], probe_per_class=1)
+
+
+def test_run_command_names_the_probe_size_and_keeps_the_one_probe_schedule(tmp_path):
+    one_dir, one = accuracy.run_command("uniform40", "ieg", 1246, tmp_path, 3, "auto")
+    five_dir, five = accuracy.run_command("uniform40", "ieg", 1246, tmp_path, 3, "auto", probe_per_class=5)
+    assert one_dir == tmp_path / "steps1246_seed3" / "uniform40_ieg"
+    assert five_dir == tmp_path / "steps1246_seed3" / "uniform40_ieg_probe5"
+    assert "--noise_ratio=0.4" in one and "--probe_per_class=1" in one
+    assert not any(a.startswith(("--eval_freq", "--decay_steps")) for a in one)  # the package's own epoch
+    # 5 images per class leave (1198 - 50) // 100 = 11 steps per epoch; 10 would leave 10 and move the cycle ends.
+    assert {"--probe_per_class=5", f"--eval_freq={accuracy.DIGITS_EPOCH}",
+            f"--decay_steps={accuracy.DIGITS_EPOCH}"} <= set(five)
+    assert accuracy.run_name("ieg", 10, "t") == "ieg_probe10_t" and accuracy.run_name("ieg", 1, "") == "ieg"
+    with pytest.raises(ValueError, match="no other probe size"):
+        accuracy.run_command("uniform80", "oracle", 10, tmp_path, 1, "auto", probe_per_class=3)
+
+
+def test_targets_read_only_the_one_probe_image_runs_and_the_grid_gives_means_and_gaps():
+    rows = [_row("clean/supervised", 0.98, seed=1), _row("clean/supervised", 0.99, seed=2),
+            _row("uniform80/ieg", 0.95, seed=1), _row("uniform80/ieg", 0.96, seed=2),
+            dict(_row("uniform80/ieg_probe5", 0.97, method="ieg", seed=1), probe_per_class=5),
+            dict(_row("uniform80/ieg_probe5", 0.985, method="ieg", seed=2), probe_per_class=5),
+            _row("uniform40/ieg", 0.975, seed=1)]
+    rows[0]["probe_per_class"] = 1
+    targets = accuracy.check_targets(rows)
+    assert targets["seed1"]["ieg_u80_gap_to_ceiling_points"] == pytest.approx(3.0, abs=0.01)
+    assert targets["mean_ieg_u80_gap_to_ceiling_points"] == pytest.approx(3.0, abs=0.01)
+    grid = accuracy.noise_grid(rows)
+    assert list(grid) == ["supervised", "ieg", "ieg_probe5"]
+    assert grid["ieg"]["uniform80"] == dict(mean=95.5, gap=3.0, seeds=2)
+    assert grid["ieg"]["uniform40"] == dict(mean=97.5, gap=0.5, seeds=1)
+    assert grid["ieg_probe5"]["uniform80"] == dict(mean=97.75, gap=0.75, seeds=2)
+    assert grid["ieg_probe5"]["probe_per_class"] == 5
+    lines = accuracy.grid_table(grid).splitlines()
+    assert lines[0] == "| run | probe/class | clean: mean % (gap) | uniform40: mean % (gap) | uniform80: mean % (gap) |"
+    assert lines[3] == "| ieg | 1 | - | 97.5 (0.5) | 95.5 (3.0) |"
+    assert lines[4] == "| ieg_probe5 | 5 | - | - | 97.8 (0.8) |"
+    # Without a ceiling for every seed of a cell there is no gap, only the mean.
+    assert accuracy.noise_grid(rows[2:4])["ieg"]["uniform80"]["gap"] is None
 
 
 def test_accuracy_bench_default_budget_is_the_digits_default():
