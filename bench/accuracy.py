@@ -26,7 +26,8 @@ Probe size and noise ratio, the paper's grid (SPEC section 5): `--probe_per_clas
 that learn from the probe (l2r, ieg, ieg_split) once per size, on the noisy settings (`_probe<K>` in run names;
 same schedule as the 1-image runs), and `--noise uniform20 uniform40 uniform80` adds the paper's lower noise
 ratios. A third table then gives, per run and noise, the mean test accuracy over the seeds and the mean gap to
-each seed's ceiling. The targets always read the 1-image runs.
+each seed's ceiling, and `<out>/accuracy_grid.png` draws it against the noise ratio beside the paper's CIFAR-10
+rows. The targets always read the 1-image runs.
 
 Tuning without the test set (`--holdout`): each run trains on a stratified 2/3 of the digits training split
 (drawn with the seed) and is scored on the other third with its true labels, same schedule and KL weight as the
@@ -268,15 +269,16 @@ def noise_grid(rows):
     name and noise setting, the mean final test accuracy over the seeds and the mean gap to each seed's ceiling
     (clean/supervised with 1 probe image per class), in points.
 
-    Returns {name: {"probe_per_class": M, noise: {"mean": %, "gap": points or None, "seeds": n}}} in the order the
-    names first appear; the columns follow NOISE.
+    Returns {name: {"method": method, "probe_per_class": M, noise: {"mean": %, "gap": points or None, "seeds": n}}}
+    in the order the names first appear; the columns follow NOISE.
     """
     ceiling = {r.get("seed"): r["test_accuracy"] for r in rows
                if (r["noise"], r["method"], r.get("probe_per_class", 1)) == ("clean", "supervised", 1)}
     grid = {}
     for r in rows:
         name = r["run"].split("/", 1)[1]
-        grid.setdefault(name, {"probe_per_class": r.get("probe_per_class", 1)}).setdefault(r["noise"], []).append(r)
+        cells = grid.setdefault(name, {"method": r["method"], "probe_per_class": r.get("probe_per_class", 1)})
+        cells.setdefault(r["noise"], []).append(r)
     for cells in grid.values():
         for noise in [n for n in NOISE if n in cells]:
             group = cells[noise]
@@ -296,6 +298,53 @@ def grid_table(grid):
 
     cells = [[name, c["probe_per_class"], *(cell(c.get(n)) for n in noises)] for name, c in grid.items()]
     return common.markdown_table(["run", "probe/class", *(f"{n}: mean % (gap)" for n in noises)], cells)
+
+
+# SPEC section 5: the paper's IEG test accuracy (%) on CIFAR-10 (WRN-28-10) under uniform noise, per probe size
+# per class (M = 10 / 50 / 100 images), at noise ratio 0 / 0.2 / 0.4 / 0.8. Drawn beside the digits grid.
+PAPER_CIFAR10_IEG = {1: [96.8, 95.4, 94.5, 87.9], 5: [96.8, 96.4, 95.5, 91.8], 10: [96.8, 96.2, 95.9, 93.7]}
+PAPER_NOISE_RATIOS = [0.0, 0.2, 0.4, 0.8]
+
+
+def grid_series(grid):
+    """{run name: (noise ratios, mean test accuracies %)} of the clean and uniform-noise cells of `noise_grid`,
+    by increasing ratio; runs with fewer than two such cells are left out."""
+    series = {}
+    for name, cells in grid.items():
+        points = sorted((NOISE[n][1], cells[n]["mean"]) for n in NOISE
+                        if n in cells and NOISE[n][0] in ("none", "uniform"))
+        if len(points) >= 2:
+            series[name] = tuple(list(v) for v in zip(*points))
+    return series
+
+
+def plot_grid(grid, path):
+    """Test accuracy against the uniform noise ratio: the digits runs of `noise_grid` that learn from the probe
+    (mean over seeds, a line per run and probe size; the clean-label ceiling dotted) beside the paper's CIFAR-10 IEG rows for 1, 5 and 10
+    probe images per class. The two panels have their own scales; what compares is the shape."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(11, 4), dpi=100)
+    ours, paper = fig.subplots(1, 2)
+    for name, (ratios, means) in grid_series(grid).items():
+        if grid[name]["method"] not in PROBE_METHODS:  # supervised falls to ~30%: only its ceiling is drawn
+            continue
+        ours.plot(ratios, means, marker="o", label=f"{name} ({grid[name]['probe_per_class']}/class)")
+    ceiling = grid.get("supervised", {}).get("clean")
+    if ceiling:
+        ours.axhline(ceiling["mean"], color="black", linestyle=":", label="clean/supervised (ceiling)")
+    ours.set_title("digits (small_cnn), mean over seeds")
+    for probe, accuracy in PAPER_CIFAR10_IEG.items():
+        paper.plot(PAPER_NOISE_RATIOS, accuracy, marker="o", label=f"IEG, {probe}/class")
+    paper.set_title("the paper: CIFAR-10 (WRN-28-10)")
+    for ax in (ours, paper):
+        ax.set_xlabel("uniform noise ratio")
+        ax.set_ylabel("test accuracy %")
+        ax.set_xticks(PAPER_NOISE_RATIOS)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
 
 
 def history_curve(model_dir):
@@ -412,6 +461,7 @@ def main(argv=None):
         print(seed_summary(rows))
     if len(args.probe_per_class) > 1 or sum(n.startswith("uniform") for n in args.noise) > 1:
         print(grid_table(grid))
+        print(f"written: {plot_grid(grid, out / f'{stem}_grid.png')}")
     print(json.dumps(report["targets"]))
     print(f"written: {out / f'{stem}.json'}, {out / f'{stem}_curves.png'}")
 

@@ -164,6 +164,17 @@ def test_targets_read_only_the_one_probe_image_runs_and_the_grid_gives_means_and
     assert accuracy.noise_grid(rows[2:4])["ieg"]["uniform80"]["gap"] is None
 
 
+def test_grid_series_orders_by_noise_ratio_and_the_grid_figure_is_drawn(tmp_path):
+    rows = [_row("clean/supervised", 0.98), _row("clean/ieg", 0.99), _row("uniform80/ieg", 0.95),
+            _row("uniform20/ieg", 0.985), _row("asym40/ieg", 0.97), _row("uniform40/supervised", 0.7),
+            dict(_row("uniform80/ieg_probe5", 0.97, method="ieg"), probe_per_class=5)]
+    series = accuracy.grid_series(accuracy.noise_grid(rows))
+    # asym40 is not a uniform ratio; supervised has two points (clean, 0.4); ieg_probe5 only one, so no line.
+    assert series == {"supervised": ([0.0, 0.4], [98.0, 70.0]), "ieg": ([0.0, 0.2, 0.8], [99.0, 98.5, 95.0])}
+    path = accuracy.plot_grid(accuracy.noise_grid(rows), tmp_path / "grid.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_accuracy_bench_default_budget_is_the_digits_default():
     from ieg_tf import train
     assert accuracy.DEFAULT_STEPS == train.DATASET_DEFAULTS["digits"]["max_iteration"]
