@@ -400,6 +400,16 @@ def plot_curves(rows, path):
     return path
 
 
+def report_stem(holdout, tag, report=""):
+    """The file name stem of an invocation's report and figures: `report` if given, else
+    [holdout_]accuracy[_<tag>]."""
+    if report:
+        if pathlib.Path(report).name != report or report.endswith(".json"):
+            raise ValueError(f"--report names a file in --out without its extension, e.g. 'grid', not {report!r}")
+        return report
+    return "_".join(filter(None, ["holdout" if holdout else "", "accuracy", tag]))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps of every run")
@@ -419,6 +429,9 @@ def main(argv=None):
                         help="extra ieg_tf.main flags for every run, written with '=' as the value starts with "
                              "--: --flags='--ce_factor=2'; needs --tag")
     parser.add_argument("--tag", default="", help="names the runs and reports of a --flags variant")
+    parser.add_argument("--report", default="",
+                        help="names this invocation's report: <out>/<report>.json and its figures (default "
+                             "[holdout_]accuracy[_<tag>], which the next invocation of the same kind overwrites)")
     parser.add_argument("--jit", choices=("auto", "true", "false"), default="auto",
                         help="XLA for the train step (auto = on, one device)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (each is its own process)")
@@ -433,6 +446,10 @@ def main(argv=None):
     if args.holdout and (set(args.noise) - set(HOLDOUT_NOISE) or "oracle" in args.methods):
         parser.error(f"--holdout runs the noise settings {', '.join(HOLDOUT_NOISE)} and no oracle; pass "
                      f"--noise {' '.join(HOLDOUT_NOISE)} and leave oracle out of --methods")
+    try:
+        stem = report_stem(args.holdout, args.tag, args.report)
+    except ValueError as e:
+        parser.error(str(e))
     out = pathlib.Path(args.out)
     extra = shlex.split(args.flags)
 
@@ -452,7 +469,6 @@ def main(argv=None):
     grid = noise_grid(rows)
     report = dict(steps=args.steps, seeds=args.seed, holdout=args.holdout, flags=extra, jit=args.jit,
                   probe_per_class=args.probe_per_class, runs=rows, targets=check_targets(rows), grid=grid)
-    stem = "_".join(filter(None, ["holdout" if args.holdout else "", "accuracy", args.tag]))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     plot_curves(rows, out / f"{stem}_curves.png")

@@ -175,6 +175,18 @@ def test_grid_series_orders_by_noise_ratio_and_the_grid_figure_is_drawn(tmp_path
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_report_stem_default_tag_holdout_and_a_named_report(capsys):
+    assert accuracy.report_stem(False, "") == "accuracy"
+    assert accuracy.report_stem(True, "eps02") == "holdout_accuracy_eps02"
+    assert accuracy.report_stem(True, "eps02", "grid") == "grid"
+    for bad in ("sub/grid", "grid.json"):
+        with pytest.raises(ValueError, match="without its extension"):
+            accuracy.report_stem(False, "", bad)
+    with pytest.raises(SystemExit):
+        accuracy.main(["--report", "a/b"])
+    assert "--report names a file in --out" in capsys.readouterr().err
+
+
 def test_accuracy_bench_default_budget_is_the_digits_default():
     from ieg_tf import train
     assert accuracy.DEFAULT_STEPS == train.DATASET_DEFAULTS["digits"]["max_iteration"]
