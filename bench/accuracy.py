@@ -91,6 +91,14 @@ def planned_runs(methods, noises, probe_per_class=1):
             and (probe_per_class == 1 or (n != "clean" and m in PROBE_METHODS))]
 
 
+def invocation_plan(seeds, methods, noises, probe_sizes):
+    """Every (seed, noise, method, probe size) an invocation trains, each once (a value given twice would train
+    one run directory twice, at the same time with --jobs 2): per seed and probe size, `planned_runs`."""
+    once = lambda values: list(dict.fromkeys(values))  # noqa: E731
+    return [(seed, noise, method, probe) for seed in once(seeds) for probe in once(probe_sizes)
+            for noise, method in planned_runs(methods, once(noises), probe)]
+
+
 def oracle_flags(noise, model_dir, seed):
     """Flags that train on the correctly labelled part of the noisy split only, written as an --array_file.
 
@@ -463,9 +471,8 @@ def main(argv=None):
             print(f"[accuracy] seed {seed} {noise}/{name}: suggested labels {row['suggestion_errors']}", flush=True)
         return row
 
-    plan = [(seed, noise, method, probe) for seed in args.seed for probe in args.probe_per_class
-            for noise, method in planned_runs(args.methods, args.noise, probe)]
-    rows = common.run_parallel(one, plan, args.jobs)
+    rows = common.run_parallel(one, invocation_plan(args.seed, args.methods, args.noise, args.probe_per_class),
+                               args.jobs)
     grid = noise_grid(rows)
     report = dict(steps=args.steps, seeds=args.seed, holdout=args.holdout, flags=extra, jit=args.jit,
                   probe_per_class=args.probe_per_class, runs=rows, targets=check_targets(rows), grid=grid)

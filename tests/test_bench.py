@@ -125,6 +125,14 @@ def test_more_probe_images_plan_only_the_probe_methods_on_noisy_labels():
     assert ("clean", "supervised") in accuracy.planned_runs(["supervised"], ["clean"], probe_per_class=1)
 
 
+def test_invocation_plan_trains_each_run_once_per_seed_and_probe_size():
+    plan = accuracy.invocation_plan([1, 2, 1], ["ieg", "supervised"], ["uniform80", "clean", "uniform80"], [1, 5, 1])
+    assert plan == [(1, "uniform80", "supervised", 1), (1, "uniform80", "ieg", 1), (1, "clean", "supervised", 1),
+                    (1, "clean", "ieg", 1), (1, "uniform80", "ieg", 5),
+                    (2, "uniform80", "supervised", 1), (2, "uniform80", "ieg", 1), (2, "clean", "supervised", 1),
+                    (2, "clean", "ieg", 1), (2, "uniform80", "ieg", 5)]
+
+
 def test_run_command_names_the_probe_size_and_keeps_the_one_probe_schedule(tmp_path):
     one_dir, one = accuracy.run_command("uniform40", "ieg", 1246, tmp_path, 3, "auto")
     five_dir, five = accuracy.run_command("uniform40", "ieg", 1246, tmp_path, 3, "auto", probe_per_class=5)
