@@ -196,6 +196,16 @@ def run_one(noise, method, steps, out, seed, jit, extra_flags=(), name=None, hol
             "command": "python " + " ".join(args), "wall_seconds": round(time.time() - start, 1)}
 
 
+def row_name(row):
+    """A result row's run name (method, probe size unless 1, tag): its "run" without the noise."""
+    return row["run"].split("/", 1)[1]
+
+
+def row_probe(row):
+    """A result row's probe images per class; rows written before --probe_per_class existed had 1."""
+    return row.get("probe_per_class", 1)
+
+
 def check_targets(rows):
     """The issue's targets, on final test accuracy: ieg at uniform80 within 2 points of the clean ceiling and at
     least 10 points above supervised at uniform80. None where a run is missing.
@@ -221,7 +231,7 @@ def check_targets(rows):
 
 def _seed_targets(rows):
     # The issue's setting: 1 probe image per class. Run names may carry a --tag; the method does not.
-    acc = {f"{r['noise']}/{r['method']}": r["test_accuracy"] for r in rows if r.get("probe_per_class", 1) == 1}
+    acc = {f"{r['noise']}/{r['method']}": r["test_accuracy"] for r in rows if row_probe(r) == 1}
     ieg, ceiling, sup = acc.get("uniform80/ieg"), acc.get("clean/supervised"), acc.get("uniform80/supervised")
     targets = {}
     if ieg is not None and ceiling is not None:
@@ -244,7 +254,7 @@ def table(rows):
     method column is the run's name (the method, its probe size unless 1, its --tag)."""
     header = ["noise", "method", "seed", "test acc % (final)", "best %", "issue precision", "issue recall",
               "train s", "wall s"]
-    cells = [[r["noise"], r["run"].split("/", 1)[1], r.get("seed", "-"), common.fmt(r["test_accuracy"], 1, 100),
+    cells = [[r["noise"], row_name(r), r.get("seed", "-"), common.fmt(r["test_accuracy"], 1, 100),
               common.fmt(r["best_test_accuracy"], 1, 100), *issue_cells(r), common.fmt(r["seconds"], 0),
               common.fmt(r["wall_seconds"], 0)] for r in rows]
     return common.markdown_table(header, cells)
@@ -255,7 +265,7 @@ def seed_summary(rows):
     accuracy, and for ieg runs the mean label-issue precision and recall (over the seeds that have them)."""
     groups = {}
     for r in rows:
-        groups.setdefault((r["noise"], r["run"].split("/", 1)[1]), []).append(r)
+        groups.setdefault((r["noise"], row_name(r)), []).append(r)
 
     def mean(values, digits, scale=1):
         values = [v for v in values if v is not None]
@@ -281,11 +291,10 @@ def noise_grid(rows):
     in the order the names first appear; the columns follow NOISE.
     """
     ceiling = {r.get("seed"): r["test_accuracy"] for r in rows
-               if (r["noise"], r["method"], r.get("probe_per_class", 1)) == ("clean", "supervised", 1)}
+               if (r["noise"], r["method"], row_probe(r)) == ("clean", "supervised", 1)}
     grid = {}
     for r in rows:
-        name = r["run"].split("/", 1)[1]
-        cells = grid.setdefault(name, {"method": r["method"], "probe_per_class": r.get("probe_per_class", 1)})
+        cells = grid.setdefault(row_name(r), {"method": r["method"], "probe_per_class": row_probe(r)})
         cells.setdefault(r["noise"], []).append(r)
     for cells in grid.values():
         for noise in [n for n in NOISE if n in cells]:
@@ -326,10 +335,18 @@ def grid_series(grid):
     return series
 
 
+def grid_ceiling(grid):
+    """The clean-label ceiling's cell of `noise_grid` (clean/supervised, 1 probe image per class), or None. Found by
+    method and probe size, not by name: a --tag renames the supervised run too."""
+    return next((c["clean"] for c in grid.values()
+                 if c["method"] == "supervised" and c["probe_per_class"] == 1 and "clean" in c), None)
+
+
 def plot_grid(grid, path):
     """Test accuracy against the uniform noise ratio: the digits runs of `noise_grid` that learn from the probe
-    (mean over seeds, a line per run and probe size; the clean-label ceiling dotted) beside the paper's CIFAR-10 IEG rows for 1, 5 and 10
-    probe images per class. The two panels have their own scales; what compares is the shape."""
+    (mean over seeds, a line per run and probe size; the clean-label ceiling dotted) beside the paper's CIFAR-10
+    IEG rows for 1, 5 and 10 probe images per class. The two panels have their own scales; what compares is the
+    shape."""
     from matplotlib.figure import Figure
     fig = Figure(figsize=(11, 4), dpi=100)
     ours, paper = fig.subplots(1, 2)
@@ -337,7 +354,7 @@ def plot_grid(grid, path):
         if grid[name]["method"] not in PROBE_METHODS:  # supervised falls to ~30%: only its ceiling is drawn
             continue
         ours.plot(ratios, means, marker="o", label=f"{name} ({grid[name]['probe_per_class']}/class)")
-    ceiling = grid.get("supervised", {}).get("clean")
+    ceiling = grid_ceiling(grid)
     if ceiling:
         ours.axhline(ceiling["mean"], color="black", linestyle=":", label="clean/supervised (ceiling)")
     ours.set_title("digits (small_cnn), mean over seeds")

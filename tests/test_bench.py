@@ -179,6 +179,10 @@ def test_grid_series_orders_by_noise_ratio_and_the_grid_figure_is_drawn(tmp_path
     series = accuracy.grid_series(accuracy.noise_grid(rows))
     # asym40 is not a uniform ratio; supervised has two points (clean, 0.4); ieg_probe5 only one, so no line.
     assert series == {"supervised": ([0.0, 0.4], [98.0, 70.0]), "ieg": ([0.0, 0.2, 0.8], [99.0, 98.5, 95.0])}
+    assert accuracy.grid_ceiling(accuracy.noise_grid(rows))["mean"] == 98.0
+    tagged = [dict(r, run=r["run"] + "_t") for r in rows]  # a --tag renames every run, the ceiling's too
+    assert accuracy.grid_ceiling(accuracy.noise_grid(tagged))["mean"] == 98.0
+    assert accuracy.grid_ceiling(accuracy.noise_grid(rows[1:])) is None
     path = accuracy.plot_grid(accuracy.noise_grid(rows), tmp_path / "grid.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
