@@ -18,6 +18,10 @@ Kinds:
   empty pixels 128), then a 16x16 cutout filled with 0; no second crop or flip, as the reference. Pipelines that
   already ran `inception_crop` on each decoded image pass `inception_crop=False`.
 
+`probe_affine=(degrees, shear, scale)` (this project's option, not in the reference; off by default) gives the probe
+images a random rotation, x-shear and per-axis scale about the image centre (bilinear) before their weak view:
+`Augmenter.probe`. It widens what one or a few trusted images per class cover (BUILD_NOTES "Probe affine").
+
 XLA: `weak` (every kind) and `strong` with policy "none" compile under `tf.function(jit_compile=True)`. The
 AutoAugment / RandAugment strong views do not: rotate / shear / translate use `tf.raw_ops.ImageProjectiveTransformV3`,
 which has no XLA kernel, and the batch is partitioned by op (data-dependent shapes). They run in `tf.data` (the
@@ -31,6 +35,7 @@ import tensorflow as tf
 from ieg_tf import autoaugment
 from ieg_tf import image_ops
 from ieg_tf import random_ops
+from ieg_tf.config import check_affine
 
 KINDS = ("cifar", "small", "imagenet")
 POLICIES = ("autoaug", "randaug", "none")
@@ -54,6 +59,30 @@ def _split(seed, n):
         raise ValueError(f"seed must be a stateless seed: int32/int64 of shape [2], got {seed.dtype.name} "
                          f"{seed.shape}; e.g. tf.constant([step, 0])")
     return random_ops.split(seed, n)
+
+
+def affine_transforms(degrees, shear, scale_x, scale_y, height, width):
+    """ImageProjectiveTransformV3 rows [B, 8]: output pixel p reads the input at R(degrees) Sh(shear)
+    diag(1/scale_x, 1/scale_y) (p - c) + c, c the image centre; all arguments but height, width are [B] float32."""
+    theta = degrees * (math.pi / 180.0)
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    a00, a01 = cos / scale_x, (cos * shear - sin) / scale_y
+    a10, a11 = sin / scale_x, (sin * shear + cos) / scale_y
+    cx, cy = (tf.cast(width, tf.float32) - 1.0) / 2.0, (tf.cast(height, tf.float32) - 1.0) / 2.0
+    zero = tf.zeros_like(a00)
+    return tf.stack([a00, a01, cx - a00 * cx - a01 * cy, a10, a11, cy - a10 * cx - a11 * cy, zero, zero], axis=1)
+
+
+def random_affine(x, seed, degrees, shear, scale, fill=0.0):
+    """Per image of a float batch [B, H, W, C]: rotation by U(-degrees, degrees), x-shear by U(-shear, shear) and
+    each axis scaled by 1 + U(-scale, scale), about the centre; bilinear, `fill` where the input ends."""
+    shape = tf.shape(x)
+    u = 2.0 * random_ops.uniform([shape[0], 4], seed) - 1.0
+    transforms = affine_transforms(u[:, 0] * degrees, u[:, 1] * shear, 1.0 + u[:, 2] * scale,
+                                   1.0 + u[:, 3] * scale, shape[1], shape[2])
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=x, transforms=transforms, output_shape=shape[1:3], fill_value=tf.cast(fill, tf.float32),
+        interpolation="BILINEAR", fill_mode="CONSTANT")
 
 
 def crop_and_flip(x, pad, max_offset, flip, seed, fill=0.0):
@@ -169,9 +198,11 @@ class Augmenter:
       policy: "autoaug" (per-image sub-policy), "randaug" (shared ops) or "none" (crop, flip, cutout only).
       kind: "cifar", "small" or "imagenet".
       inception_crop: "imagenet" only; False when the images were cropped at decode time.
+      probe_affine: (degrees, shear, scale) of `probe`'s random affine; None = `probe` is `weak` (the reference).
     """
 
-    def __init__(self, pad=None, flip=None, cutout=None, policy="autoaug", kind="cifar", inception_crop=True):
+    def __init__(self, pad=None, flip=None, cutout=None, policy="autoaug", kind="cifar", inception_crop=True,
+                 probe_affine=None):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if policy not in POLICIES:
@@ -184,10 +215,11 @@ class Augmenter:
             raise ValueError(f"pad and cutout must be >= 0, got pad={self.pad}, cutout={self.cutout}")
         self.policy, self.kind = policy, kind
         self.inception_crop = kind == "imagenet" and inception_crop
+        self.probe_affine = check_affine(probe_affine)
 
     def __repr__(self):
         return (f"Augmenter(pad={self.pad}, flip={self.flip}, cutout={self.cutout}, policy={self.policy!r}, "
-                f"kind={self.kind!r}, inception_crop={self.inception_crop})")
+                f"kind={self.kind!r}, inception_crop={self.inception_crop}, probe_affine={self.probe_affine})")
 
     @staticmethod
     def _check(images, dtype, what):
@@ -199,7 +231,17 @@ class Augmenter:
 
     def weak(self, images, seed):
         """uint8 batch [B, H, W, C] -> float32 [-1, 1], same shape: (Inception crop), pad-crop, flip."""
-        x = tf.cast(self._check(images, tf.uint8, "Augmenter.weak"), tf.float32)
+        return self._weak(tf.cast(self._check(images, tf.uint8, "Augmenter.weak"), tf.float32), seed)
+
+    def probe(self, images, seed):
+        """The probe images' view: `weak`, after the random affine when `probe_affine` is set."""
+        x = tf.cast(self._check(images, tf.uint8, "Augmenter.probe"), tf.float32)
+        if self.probe_affine:
+            # A seed of its own (folded in), so weak's crop and flip draws are those of `weak` with the same seed.
+            x = random_affine(x, random_ops.fold_in(_split(seed, 2)[0], 1), *self.probe_affine)
+        return self._weak(x, seed)
+
+    def _weak(self, x, seed):
         crop_seed, flip_seed = _split(seed, 2)
         if self.inception_crop:
             shape = tf.shape(x)
@@ -235,6 +277,6 @@ class Augmenter:
         return x
 
 
-def augmenter_for(kind, policy="autoaug"):
+def augmenter_for(kind, policy="autoaug", probe_affine=None):
     """The reference's augmentation for `kind` ("cifar", "small", "imagenet") with the given strong policy."""
-    return Augmenter(kind=kind, policy=policy)
+    return Augmenter(kind=kind, policy=policy, probe_affine=probe_affine)

@@ -89,6 +89,20 @@ class TrainerConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
+def check_affine(values, name="probe_affine"):
+    """(degrees, shear, scale) as a tuple of floats, or None for None / all zeros; ValueError if out of range."""
+    if values is None:
+        return None
+    try:
+        degrees, shear, scale = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} takes three numbers DEGREES,SHEAR,SCALE (e.g. 15,0.3,0.15), got {values!r}") from None
+    if not (0 <= degrees <= 180 and 0 <= shear <= 1 and 0 <= scale < 1):
+        raise ValueError(f"{name}={degrees:g},{shear:g},{scale:g} is out of range: degrees in [0, 180], shear in "
+                         f"[0, 1], scale in [0, 1) (e.g. 15,0.3,0.15)")
+    return (degrees, shear, scale) if degrees or shear or scale else None
+
+
 def _require_int(name, value, minimum, meaning):
     """Raises ValueError unless `value` is an int (not a bool) >= minimum; `meaning` explains the minimum."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
@@ -112,6 +126,8 @@ class RunConfig:
       learning_rate, lr_schedule, decay_steps, decay_rate, t_mul, m_mul, warmup_epochs, momentum: the optimizer
         and its schedule (ieg_tf.optim.make_schedule); decay_steps None = one epoch.
       aug_type: strong augmentation policy, "autoaug" or "randaug".
+      probe_affine: (degrees, shear, scale): a random affine of the probe images before their weak view; None or
+        zeros = none, the reference (this project's option, ieg_tf.augment).
       val_batch_size: evaluation batch.
       strategy: default | mirrored | multi_worker | tpu [distribution_strategy]; tpu: the TPU address.
       jit_compile: XLA for the train step; None = on for a single device (XLA and multi-device CPU strategies
@@ -138,6 +154,7 @@ class RunConfig:
     warmup_epochs: float = 0.0
     momentum: float = 0.9
     aug_type: str = "autoaug"
+    probe_affine: tuple[float, float, float] | None = None
     val_batch_size: int = 100
     strategy: str = "default"
     tpu: str | None = None
@@ -161,3 +178,4 @@ class RunConfig:
             raise ValueError(f"unknown strategy '{self.strategy}'; choose one of: {', '.join(STRATEGIES)}")
         if self.aug_type not in ("autoaug", "randaug"):
             raise ValueError(f"aug_type must be autoaug or randaug, got '{self.aug_type}'")
+        object.__setattr__(self, "probe_affine", check_affine(self.probe_affine))

@@ -90,6 +90,9 @@ flags.DEFINE_float("cos_m_mul", 0.9, "SGDR peak multiplier.", lower_bound=0.0)
 flags.DEFINE_float("warmup_epochs", 0.0, "cosine_warmup: linear warm-up length in epochs.", lower_bound=0.0)
 flags.DEFINE_float("momentum", 0.9, "Optimizer momentum (TF1 semantics).", lower_bound=0.0, upper_bound=0.999)
 flags.DEFINE_enum("aug_type", "autoaug", ["autoaug", "randaug"], "Strong augmentation policy.")
+flags.DEFINE_list("probe_affine", None, "DEGREES,SHEAR,SCALE: a random rotation, x-shear and per-axis scale of "
+                  "the probe images before their weak view, e.g. 15,0.3,0.15 (not in the reference; unset = "
+                  "none; BUILD_NOTES 'Probe affine').")
 flags.DEFINE_integer("seed", 12345, "Seed of the split, the noise, the input order and the step's randomness.")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step (auto: one device).")
 flags.DEFINE_string("mixed_precision", None, "Keras mixed precision policy, e.g. mixed_bfloat16.")
@@ -134,7 +137,8 @@ def configs_from_flags():
         model_dir=f.model_dir, network=f.network, batch_size=f.batch_size, max_iteration=f.max_iteration,
         epochs=f.epochs, eval_freq=f.eval_freq, learning_rate=f.learning_rate, lr_schedule=f.lr_schedule,
         decay_steps=f.decay_steps, decay_rate=f.decay_rate, t_mul=f.cos_t_mul, m_mul=f.cos_m_mul,
-        warmup_epochs=f.warmup_epochs, momentum=f.momentum, aug_type=f.aug_type, val_batch_size=f.val_batch_size,
+        warmup_epochs=f.warmup_epochs, momentum=f.momentum, aug_type=f.aug_type, probe_affine=f.probe_affine,
+        val_batch_size=f.val_batch_size,
         strategy=f.strategy, tpu=f.tpu, jit_compile={"auto": None, "true": True, "false": False}[f.jit_compile],
         export_dir=f.export_dir, keep_checkpoints=f.keep_checkpoints, seed=f.seed,
         mixed_precision=f.mixed_precision, weight_decay=f.weight_decay)

@@ -21,7 +21,7 @@ _ORDER, _AUGMENT = 1, 2  # seed streams: example order, augmentation
 
 
 def train_dataset(data, batch_size, *, strong=True, seed=12345, start_step=0, probe_batch_size=None,
-                  augment_policy="autoaug", input_context=None, deterministic=True):
+                  augment_policy="autoaug", probe_affine=None, input_context=None, deterministic=True):
     """Infinite training stream of dict batches.
 
     Args:
@@ -32,13 +32,15 @@ def train_dataset(data, batch_size, *, strong=True, seed=12345, start_step=0, pr
       start_step: trainer step to start at; the stream then equals a fresh one from that step on.
       probe_batch_size: Bp, probe images per element; None = B. A probe smaller than Bp is tiled.
       augment_policy: strong policy, "autoaug", "randaug" or "none" (see ieg_tf.augment).
+      probe_affine: (degrees, shear, scale) of a random affine of the probe images before their weak view; None =
+        weak view only, the reference (see ieg_tf.augment).
       input_context: tf.distribute.InputContext; shards the stream by input pipeline.
       deterministic: keep element order under parallel maps (needed for an exact resume).
 
     Returns:
       tf.data.Dataset of dicts: `weak` float32 [B, H, W, C] in [-1, 1]; `strong` likewise (only if strong);
       `label` int32 [B] noisy; `id` int32 [B], the position in data.train_* (not the original id);
-      `true_label` int32 [B], -1 where unknown; `probe_image` float32 [Bp, H, W, C] weakly augmented and
+      `true_label` int32 [B], -1 where unknown; `probe_image` float32 [Bp, H, W, C] weakly augmented (see probe_affine) and
       `probe_label` int32 [Bp] (both left out when the probe set is empty).
 
     Raises:
@@ -69,9 +71,10 @@ def train_dataset(data, batch_size, *, strong=True, seed=12345, start_step=0, pr
     # first_chunk is a multiple of `replicas`, hence of `pipelines`: pipeline i keeps chunks j with j % pipelines == i.
     ds = tf.data.Dataset.zip(tf.data.Dataset.counter(first_chunk), chunks).shard(pipelines, pipeline_id)
     if _from_files(data):  # each file is Inception-cropped as it is decoded; the batch-level crop would repeat it
-        augmenter = augment.Augmenter(kind="imagenet", policy=augment_policy, inception_crop=False)
+        augmenter = augment.Augmenter(kind="imagenet", policy=augment_policy, inception_crop=False,
+                                      probe_affine=probe_affine)
     else:
-        augmenter = augment.augmenter_for(data.augment_kind, augment_policy)
+        augmenter = augment.augmenter_for(data.augment_kind, augment_policy, probe_affine)
     make = _batch_maker(data, augmenter, strong, bp, seed)
     ds = ds.map(make, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     return _finish(ds, deterministic)
@@ -156,7 +159,7 @@ def _batch_maker(data, augmenter, strong, bp, seed):
         out.update(label=tf.gather(labels, idx), id=idx, true_label=tf.gather(true, idx))
         if num_probe:
             pidx = tf.cast((j * bp + tf.range(bp, dtype=tf.int64)) % num_probe, tf.int32)
-            out["probe_image"] = augmenter.weak(load(probe_images, pidx, seeds[3]), seeds[4])
+            out["probe_image"] = augmenter.probe(load(probe_images, pidx, seeds[3]), seeds[4])
             out["probe_label"] = tf.gather(probe_labels, pidx)
         return out
     return make

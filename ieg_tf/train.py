@@ -178,16 +178,20 @@ def _save_split_atomically(data, split_dir):
     tf.io.gfile.rename(scratch, split_dir)
 
 
+def input_options(trainer_cfg, run_cfg, start_step):
+    """Keyword arguments of `pipeline.train_dataset` for a run that starts (or resumes) at `start_step`."""
+    return dict(strong=trainer_cfg.method == "ieg", seed=run_cfg.seed, start_step=start_step,
+                augment_policy=run_cfg.aug_type, probe_affine=run_cfg.probe_affine)
+
+
 def _fit(trainer, strategy, data, run_cfg, start_step, history, saver):
-    cfg = trainer.config
     replicas = strategy.num_replicas_in_sync
     epochs = -(-run_cfg.max_iteration // run_cfg.eval_freq)
     seconds_before = history[-1].get("seconds", 0.0) if history else 0.0
     callbacks = [_Guard(run_cfg.max_iteration, run_cfg.model_dir, seconds_before),
                  checkpoints.CheckpointCallback(saver, history),
                  keras.callbacks.TensorBoard(os.path.join(run_cfg.model_dir, "logs"))]
-    options = dict(strong=cfg.method == "ieg", seed=run_cfg.seed, start_step=start_step,
-                   augment_policy=run_cfg.aug_type)
+    options = input_options(trainer.config, run_cfg, start_step)
     eval_ds = pipeline.eval_dataset(data, run_cfg.val_batch_size * replicas)
     common = dict(epochs=epochs, steps_per_epoch=run_cfg.eval_freq, initial_epoch=start_step // run_cfg.eval_freq,
                   callbacks=callbacks, verbose=1 if distribute.is_chief(strategy) else 0)

@@ -259,6 +259,71 @@ def test_inception_and_center_crop_of_single_images():
     np.testing.assert_array_equal(center[0, :, 0], np.arange(18, 46))
 
 
+# ------------------------------------------------------------------------------------------- probe affine
+def _warp(img, degrees=0.0, shear=0.0, sx=1.0, sy=1.0):
+    x = tf.constant(img[None], tf.float32)
+    rows = augment.affine_transforms(tf.constant([degrees]), tf.constant([shear]), tf.constant([sx]),
+                                     tf.constant([sy]), img.shape[0], img.shape[1])
+    return tf.raw_ops.ImageProjectiveTransformV3(images=x, transforms=rows, output_shape=img.shape[:2],
+                                                 fill_value=0.0, interpolation="BILINEAR",
+                                                 fill_mode="CONSTANT")[0].numpy()
+
+
+def test_affine_transforms_rotate_about_the_centre_shear_and_scale():
+    img = np.arange(1, 26, dtype=np.float32).reshape(5, 5, 1)
+    np.testing.assert_allclose(_warp(img), img)
+    np.testing.assert_allclose(_warp(img, 180.0), img[::-1, ::-1], atol=1e-4)
+    # Output pixel (row r, col c) reads input (row c', col ...): a quarter turn is a np.rot90 one way or the other.
+    quarter = _warp(img, 90.0)
+    assert np.allclose(quarter, np.rot90(img, 1), atol=1e-4) or np.allclose(quarter, np.rot90(img, -1), atol=1e-4)
+    np.testing.assert_allclose(_warp(img, -90.0), np.rot90(quarter, 2), atol=1e-4)
+    # Scale 0.5: the output reads twice as far from the centre, so the centre row keeps the centre value,
+    # columns 0 and 4 (two pixels out) read outside the image (fill 0), columns 1 and 3 read columns 0 and 4.
+    wide = _warp(img, sx=0.5)
+    np.testing.assert_allclose(wide[2, :, 0], [0, 11, 13, 15, 0])
+    # Shear k: output (r, c) reads column c + k (r - 2) of row r, so row 0 shifts by -2k and the centre row stays.
+    sheared = _warp(img, shear=0.5)
+    np.testing.assert_allclose(sheared[2], img[2])
+    np.testing.assert_allclose(sheared[0, 1:, 0], img[0, :4, 0])
+
+
+def test_random_affine_draws_per_image_and_is_identity_at_zero():
+    batch = tf.constant(np.stack([_random_image((8, 8, 1), seed=i) for i in range(16)]), tf.float32)
+    np.testing.assert_array_equal(augment.random_affine(batch, SEED, 0.0, 0.0, 0.0), batch)
+    out = augment.random_affine(batch, SEED, 15.0, 0.3, 0.15).numpy()
+    np.testing.assert_array_equal(out, augment.random_affine(batch, SEED, 15.0, 0.3, 0.15))
+    assert not np.array_equal(out, augment.random_affine(batch, tf.constant([7, 12]), 15.0, 0.3, 0.15))
+    assert out.shape == (16, 8, 8, 1) and out.min() >= 0 and out.max() <= 255
+    # Every image moved, and each by its own transform: one copy of an image, 16 different results.
+    same = tf.repeat(batch[:1], 16, axis=0)
+    copies = augment.random_affine(same, SEED, 15.0, 0.3, 0.15).numpy().reshape(16, -1)
+    assert len({row.tobytes() for row in copies}) == 16
+    assert not any(np.array_equal(row, batch[0].numpy().ravel()) for row in copies)
+
+
+def test_probe_view_is_the_weak_view_unless_probe_affine_is_set():
+    images = tf.constant(np.stack([_random_image((8, 8, 1), seed=i) for i in range(6)]))
+    plain = augment.augmenter_for("small")
+    np.testing.assert_array_equal(plain.probe(images, SEED), plain.weak(images, SEED))
+    assert augment.augmenter_for("small", probe_affine=(0, 0, 0)).probe_affine is None
+    styled = augment.augmenter_for("small", probe_affine=(15, 0.3, 0.15))
+    assert styled.probe_affine == (15.0, 0.3, 0.15) and "probe_affine=(15.0, 0.3, 0.15)" in repr(styled)
+    out = styled.probe(images, SEED)
+    np.testing.assert_array_equal(styled.weak(images, SEED), plain.weak(images, SEED))
+    assert out.dtype == tf.float32 and out.shape == images.shape
+    assert not np.array_equal(out, plain.weak(images, SEED))
+    assert -1.0 <= float(tf.reduce_min(out)) and float(tf.reduce_max(out)) <= 1.0
+
+
+@pytest.mark.parametrize("values, message", [((15, 0.3), "three numbers"), (("a", 0, 0), "three numbers"),
+                                             ((200, 0, 0), "out of range"), ((15, -0.1, 0), "out of range"),
+                                             ((15, 0.3, 1.0), "out of range"),
+                                             ((float("nan"), 0, 0), "out of range")])
+def test_bad_probe_affine_is_a_clear_error(values, message):
+    with pytest.raises(ValueError, match=message):
+        augment.Augmenter(kind="small", probe_affine=values)
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 def test_bad_input_raises_clear_value_errors():
     aug = augment.augmenter_for("cifar")

@@ -104,6 +104,8 @@ def test_other_methods_run_from_the_command_line(tmp_path, method):
     (["--noise_type=file"], "needs --noise_file"),
     (["--batch_size=0"], "batch_size"),
     (["--method=mentornet"], "method"),
+    (["--probe_affine=15,0.3"], "probe_affine takes three numbers DEGREES,SHEAR,SCALE"),
+    (["--probe_affine=200,0,0"], "out of range"),
 ])
 def test_bad_flags_fail_with_one_line_reasons(tmp_path, args, message):
     out = run_cli(f"--model_dir={tmp_path}", *args)
@@ -141,6 +143,24 @@ def test_every_flagfile_parses_into_valid_configs():
         data_spec, trainer_cfg, run_cfg = main.configs_from_flags()
         assert run_cfg.max_iteration == 200000 or name == "digits_default.cfg"
     flags.FLAGS.unparse_flags()
+
+
+def test_probe_affine_flag_reaches_the_input_pipeline():
+    from absl import flags
+    from ieg_tf import main, train
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(["ieg_tf"])
+        _, trainer_cfg, default = main.configs_from_flags()
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["ieg_tf", "--probe_affine=15,0.3,0.15"])
+        _, _, given = main.configs_from_flags()
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert default.probe_affine is None and given.probe_affine == (15.0, 0.3, 0.15)
+    assert train.input_options(trainer_cfg, default, 0)["probe_affine"] is None
+    options = train.input_options(trainer_cfg, given, 7)
+    assert options["probe_affine"] == (15.0, 0.3, 0.15) and options["start_step"] == 7 and options["strong"]
 
 
 @pytest.mark.parametrize("args, expected", [([], 5.0), (["--dataset=cifar10"], 20.0),

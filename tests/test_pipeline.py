@@ -77,6 +77,19 @@ def test_probe_cycles_in_fixed_order_and_tiles_when_small():
         not np.array_equal(batches[0]["probe_image"][1], batches[0]["probe_image"][11])
 
 
+def test_probe_affine_changes_only_the_probe_images(digits):
+    plain = _take(pipeline.train_dataset(digits, 16), 2)
+    styled = _take(pipeline.train_dataset(digits, 16, probe_affine=(15, 0.3, 0.15)), 2)
+    again = _take(pipeline.train_dataset(digits, 16, probe_affine=(15, 0.3, 0.15)), 2)
+    for a, b, c in zip(plain, styled, again):
+        for key in a:
+            if key != "probe_image":
+                np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+            np.testing.assert_array_equal(b[key], c[key], err_msg=key)
+        assert not np.array_equal(a["probe_image"], b["probe_image"])
+        assert b["probe_image"].min() >= -1.0 and b["probe_image"].max() <= 1.0
+
+
 def test_no_probe_and_options(digits):
     data = datasets.load_dataset(datasets.DataSpec(probe_per_class=0, noise_ratio=0.2))
     ds = pipeline.train_dataset(data, 4, strong=False, deterministic=False)
