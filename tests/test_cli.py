@@ -145,6 +145,20 @@ def test_every_flagfile_parses_into_valid_configs():
     flags.FLAGS.unparse_flags()
 
 
+@pytest.mark.parametrize("args, data_seed, run_seed", [([], 12345, 12345), (["--seed=3"], 3, 3),
+                                                       (["--seed=3", "--data_seed=7"], 7, 3)])
+def test_data_seed_fixes_the_split_while_seed_varies_the_training(args, data_seed, run_seed):
+    from absl import flags
+    from ieg_tf import main
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(["ieg_tf", *args])
+        data_spec, trainer_cfg, run_cfg = main.configs_from_flags()
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert (data_spec.seed, trainer_cfg.seed, run_cfg.seed) == (data_seed, run_seed, run_seed)
+
+
 def test_probe_affine_flag_reaches_the_input_pipeline():
     from absl import flags
     from ieg_tf import main, train
