@@ -20,7 +20,7 @@ Kinds:
 
 `probe_affine=(degrees, shear, scale)` (this project's option, not in the reference; off by default) gives the probe
 images a random rotation, x-shear and per-axis scale about the image centre (bilinear) before their weak view:
-`Augmenter.probe`. It widens what one or a few trusted images per class cover (BUILD_NOTES "Probe affine").
+`Augmenter.probe`. It widens what one or a few trusted images per class cover (BUILD_NOTES, `--probe_affine`).
 
 XLA: `weak` (every kind) and `strong` with policy "none" compile under `tf.function(jit_compile=True)`. The
 AutoAugment / RandAugment strong views do not: rotate / shear / translate use `tf.raw_ops.ImageProjectiveTransformV3`,

@@ -96,7 +96,8 @@ def check_affine(values, name="probe_affine"):
     try:
         degrees, shear, scale = (float(v) for v in values)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} takes three numbers DEGREES,SHEAR,SCALE (e.g. 15,0.3,0.15), got {values!r}") from None
+        raise ValueError(f"{name} takes three numbers DEGREES,SHEAR,SCALE (e.g. 15,0.3,0.15), "
+                         f"got {values!r}") from None
     if not (0 <= degrees <= 180 and 0 <= shear <= 1 and 0 <= scale < 1):
         raise ValueError(f"{name}={degrees:g},{shear:g},{scale:g} is out of range: degrees in [0, 180], shear in "
                          f"[0, 1], scale in [0, 1) (e.g. 15,0.3,0.15)")

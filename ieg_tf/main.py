@@ -92,7 +92,7 @@ flags.DEFINE_float("momentum", 0.9, "Optimizer momentum (TF1 semantics).", lower
 flags.DEFINE_enum("aug_type", "autoaug", ["autoaug", "randaug"], "Strong augmentation policy.")
 flags.DEFINE_list("probe_affine", None, "DEGREES,SHEAR,SCALE: a random rotation, x-shear and per-axis scale of "
                   "the probe images before their weak view, e.g. 15,0.3,0.15 (not in the reference; unset = "
-                  "none; BUILD_NOTES 'Probe affine').")
+                  "none; see BUILD_NOTES).")
 flags.DEFINE_integer("seed", 12345, "Seed of the split, the noise, the input order and the step's randomness.")
 flags.DEFINE_integer("data_seed", None, "Seed of the probe split and the noise alone (unset: --seed); with it, "
                      "--seed varies only the initialisation, input order, augmentation and step randomness.")
@@ -122,7 +122,8 @@ def configs_from_flags():
     data_spec = datasets.DataSpec(
         dataset=f.dataset, data_dir=f.data_dir, download=f.download, probe_per_class=f.probe_per_class,
         noise_type=f.noise_type, noise_ratio=f.noise_ratio, noise_file=f.noise_file,
-        seed=f.seed if f.data_seed is None else f.data_seed, train_dir=f.train_dir, test_dir=f.test_dir, probe_dir=f.probe_dir, train_list=f.train_list,
+        seed=f.seed if f.data_seed is None else f.data_seed, train_dir=f.train_dir, test_dir=f.test_dir,
+        probe_dir=f.probe_dir, train_list=f.train_list,
         test_list=f.test_list, probe_list=f.probe_list, image_root=f.image_root, image_size=f.image_size,
         skip_bad_images=f.skip_bad_images, array_file=f.array_file)
     consistency = f.consistency_factor

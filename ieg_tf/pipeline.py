@@ -40,8 +40,8 @@ def train_dataset(data, batch_size, *, strong=True, seed=12345, start_step=0, pr
     Returns:
       tf.data.Dataset of dicts: `weak` float32 [B, H, W, C] in [-1, 1]; `strong` likewise (only if strong);
       `label` int32 [B] noisy; `id` int32 [B], the position in data.train_* (not the original id);
-      `true_label` int32 [B], -1 where unknown; `probe_image` float32 [Bp, H, W, C] weakly augmented (see probe_affine) and
-      `probe_label` int32 [Bp] (both left out when the probe set is empty).
+      `true_label` int32 [B], -1 where unknown; `probe_image` float32 [Bp, H, W, C] weakly augmented (see
+      probe_affine) and `probe_label` int32 [Bp] (both left out when the probe set is empty).
 
     Raises:
       ValueError: an empty training set, a non-positive batch size or a negative start_step.

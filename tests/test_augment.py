@@ -273,7 +273,7 @@ def test_affine_transforms_rotate_about_the_centre_shear_and_scale():
     img = np.arange(1, 26, dtype=np.float32).reshape(5, 5, 1)
     np.testing.assert_allclose(_warp(img), img)
     np.testing.assert_allclose(_warp(img, 180.0), img[::-1, ::-1], atol=1e-4)
-    # Output pixel (row r, col c) reads input (row c', col ...): a quarter turn is a np.rot90 one way or the other.
+    # A quarter turn is np.rot90 one way (which way depends on the y-down image axes); -90 degrees the other way.
     quarter = _warp(img, 90.0)
     assert np.allclose(quarter, np.rot90(img, 1), atol=1e-4) or np.allclose(quarter, np.rot90(img, -1), atol=1e-4)
     np.testing.assert_allclose(_warp(img, -90.0), np.rot90(quarter, 2), atol=1e-4)
