@@ -161,6 +161,8 @@ def run(run_cfg: RunConfig, trainer_cfg: TrainerConfig, data_spec=None, data=Non
     results["label_issues_flagged"] = int(np.sum(issues.label_believed_wrong))
     confusion = report.confusion_on_test_set(trainer, data, batch_size=run_cfg.val_batch_size)
     results["test_per_class_accuracy"] = None if confusion is None else report.per_class_accuracy(confusion)
+    # The training seed and the seed of the probe split and noise (None when the data came in already loaded).
+    results["seed"], results["data_seed"] = run_cfg.seed, None if data_spec is None else data_spec.seed
     if chief:
         _write_outputs(trainer, data, run_cfg, results, history, issues, confusion)
     print(summary_line(results), flush=True)

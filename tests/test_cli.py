@@ -88,13 +88,15 @@ def test_same_command_resumes_and_a_longer_budget_continues(ieg_run):
         assert [h["step"] for h in json.load(f)] == [3, 6, 9]
 
 
-@pytest.mark.parametrize("method", ["supervised", "l2r --meta_grad_mode=approx_vjp --meta_every=2"])
-def test_other_methods_run_from_the_command_line(tmp_path, method):
+@pytest.mark.parametrize("method, seeds", [("supervised --seed=3 --data_seed=5", (3, 5)),
+                                           ("l2r --meta_grad_mode=approx_vjp --meta_every=2", (12345, 12345))])
+def test_other_methods_run_from_the_command_line(tmp_path, method, seeds):
     method, *extra = method.split()
     out = run_cli(f"--model_dir={tmp_path}", f"--method={method}", "--max_iteration=2", *extra)
     assert out.returncode == 0, out.stderr[-4000:]
     with open(os.path.join(tmp_path, "results.json")) as f:
-        assert json.load(f)["method"] == method
+        results = json.load(f)
+    assert results["method"] == method and (results["seed"], results["data_seed"]) == seeds
 
 
 @pytest.mark.parametrize("args, message", [
