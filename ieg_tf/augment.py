@@ -80,8 +80,13 @@ def random_affine(x, seed, degrees, shear, scale, fill=0.0):
     u = 2.0 * random_ops.uniform([shape[0], 4], seed) - 1.0
     transforms = affine_transforms(u[:, 0] * degrees, u[:, 1] * shear, 1.0 + u[:, 2] * scale,
                                    1.0 + u[:, 3] * scale, shape[1], shape[2])
+    return bilinear_warp(x, transforms, fill)
+
+
+def bilinear_warp(x, transforms, fill=0.0):
+    """Float batch [B, H, W, C] warped by `affine_transforms` rows [B, 8], bilinear, `fill` outside the input."""
     return tf.raw_ops.ImageProjectiveTransformV3(
-        images=x, transforms=transforms, output_shape=shape[1:3], fill_value=tf.cast(fill, tf.float32),
+        images=x, transforms=transforms, output_shape=tf.shape(x)[1:3], fill_value=tf.cast(fill, tf.float32),
         interpolation="BILINEAR", fill_mode="CONSTANT")
 
 

@@ -123,9 +123,8 @@ def configs_from_flags():
         dataset=f.dataset, data_dir=f.data_dir, download=f.download, probe_per_class=f.probe_per_class,
         noise_type=f.noise_type, noise_ratio=f.noise_ratio, noise_file=f.noise_file,
         seed=f.seed if f.data_seed is None else f.data_seed, train_dir=f.train_dir, test_dir=f.test_dir,
-        probe_dir=f.probe_dir, train_list=f.train_list,
-        test_list=f.test_list, probe_list=f.probe_list, image_root=f.image_root, image_size=f.image_size,
-        skip_bad_images=f.skip_bad_images, array_file=f.array_file)
+        probe_dir=f.probe_dir, train_list=f.train_list, test_list=f.test_list, probe_list=f.probe_list,
+        image_root=f.image_root, image_size=f.image_size, skip_bad_images=f.skip_bad_images, array_file=f.array_file)
     consistency = f.consistency_factor
     trainer_cfg = TrainerConfig(
         method=f.method, ce_factor=f.ce_factor, ce_rampup_steps=f.ce_rampup_steps,

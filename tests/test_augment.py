@@ -261,12 +261,9 @@ def test_inception_and_center_crop_of_single_images():
 
 # ------------------------------------------------------------------------------------------- probe affine
 def _warp(img, degrees=0.0, shear=0.0, sx=1.0, sy=1.0):
-    x = tf.constant(img[None], tf.float32)
     rows = augment.affine_transforms(tf.constant([degrees]), tf.constant([shear]), tf.constant([sx]),
                                      tf.constant([sy]), img.shape[0], img.shape[1])
-    return tf.raw_ops.ImageProjectiveTransformV3(images=x, transforms=rows, output_shape=img.shape[:2],
-                                                 fill_value=0.0, interpolation="BILINEAR",
-                                                 fill_mode="CONSTANT")[0].numpy()
+    return augment.bilinear_warp(tf.constant(img[None], tf.float32), rows)[0].numpy()
 
 
 def test_affine_transforms_rotate_about_the_centre_shear_and_scale():

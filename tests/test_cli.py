@@ -131,48 +131,39 @@ def test_unwritable_model_dir_is_reported(tmp_path):
     assert out.returncode == 2 and "not writable" in out.stderr
 
 
-def test_every_flagfile_parses_into_valid_configs():
+def _configs(*args):
+    """(DataSpec, TrainerConfig, RunConfig) of `python -m ieg_tf.main *args`, with FLAGS reset afterwards."""
     from absl import flags
     from ieg_tf import main
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(["ieg_tf", *args])
+        return main.configs_from_flags()
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
+def test_every_flagfile_parses_into_valid_configs():
     folder = os.path.join(ROOT, "flags")
     files = sorted(f for f in os.listdir(folder) if f.endswith(".cfg"))
     assert len(files) >= 25
     for name in files:
         text = open(os.path.join(folder, name)).read()
         assert text.startswith("# ") and "Expected" in text, name
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["ieg_tf", f"--flagfile={os.path.join(folder, name)}"])
-        data_spec, trainer_cfg, run_cfg = main.configs_from_flags()
+        _, _, run_cfg = _configs(f"--flagfile={os.path.join(folder, name)}")
         assert run_cfg.max_iteration == 200000 or name == "digits_default.cfg"
-    flags.FLAGS.unparse_flags()
 
 
 @pytest.mark.parametrize("args, data_seed, run_seed", [([], 12345, 12345), (["--seed=3"], 3, 3),
                                                        (["--seed=3", "--data_seed=7"], 7, 3)])
 def test_data_seed_fixes_the_split_while_seed_varies_the_training(args, data_seed, run_seed):
-    from absl import flags
-    from ieg_tf import main
-    flags.FLAGS.unparse_flags()
-    try:
-        flags.FLAGS(["ieg_tf", *args])
-        data_spec, trainer_cfg, run_cfg = main.configs_from_flags()
-    finally:
-        flags.FLAGS.unparse_flags()
+    data_spec, trainer_cfg, run_cfg = _configs(*args)
     assert (data_spec.seed, trainer_cfg.seed, run_cfg.seed) == (data_seed, run_seed, run_seed)
 
 
 def test_probe_affine_flag_reaches_the_input_pipeline():
-    from absl import flags
-    from ieg_tf import main, train
-    flags.FLAGS.unparse_flags()
-    try:
-        flags.FLAGS(["ieg_tf"])
-        _, trainer_cfg, default = main.configs_from_flags()
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["ieg_tf", "--probe_affine=15,0.3,0.15"])
-        _, _, given = main.configs_from_flags()
-    finally:
-        flags.FLAGS.unparse_flags()
+    _, trainer_cfg, default = _configs()
+    _, _, given = _configs("--probe_affine=15,0.3,0.15")
     assert default.probe_affine is None and given.probe_affine == (15.0, 0.3, 0.15)
     assert train.input_options(trainer_cfg, default, 0)["probe_affine"] is None
     options = train.input_options(trainer_cfg, given, 7)
@@ -183,31 +174,15 @@ def test_probe_affine_flag_reaches_the_input_pipeline():
                                             (["--consistency_factor=20"], 20.0),
                                             (["--dataset=cifar100", "--consistency_factor=0"], 0.0)])
 def test_kl_weight_default_is_per_data_set_and_a_given_flag_wins(args, expected):
-    from absl import flags
-    from ieg_tf import main
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["ieg_tf", *args])
-    try:
-        _, trainer_cfg, _ = main.configs_from_flags()
-    finally:
-        flags.FLAGS.unparse_flags()
+    _, trainer_cfg, _ = _configs(*args)
     assert trainer_cfg.consistency_factor == expected
 
 
 def test_algorithm_constants_reach_the_trainer_config_and_default_to_the_reference():
-    from absl import flags
-    from ieg_tf import main
     from ieg_tf.config import TrainerConfig
-    flags.FLAGS.unparse_flags()
-    try:
-        flags.FLAGS(["ieg_tf"])
-        _, default, _ = main.configs_from_flags()
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["ieg_tf", "--sharpen_temperature=1", "--mixup_beta=0.75", "--probe_weight_decay=0",
-                     "--guess_views=weak"])
-        _, given, _ = main.configs_from_flags()
-    finally:
-        flags.FLAGS.unparse_flags()
+    _, default, _ = _configs()
+    _, given, _ = _configs("--sharpen_temperature=1", "--mixup_beta=0.75", "--probe_weight_decay=0",
+                           "--guess_views=weak")
     reference = TrainerConfig()
     assert (default.sharpen_temperature, default.mixup_beta, default.probe_weight_decay, default.guess_views) == (
         reference.sharpen_temperature, reference.mixup_beta, None, "weak_strong")
