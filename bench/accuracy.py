@@ -79,24 +79,39 @@ HOLDOUT_FRACTION = 1 / 3
 HOLDOUT_NOISE = ("clean", "uniform20", "uniform40", "uniform80")  # asymmetric noise: a mapping for digits only
 
 
-def planned_runs(methods, noises, probe_per_class=1):
+def planned_runs(methods, noises, probe_per_class=1, runs=None):
     """(noise, method) pairs in table order; on clean labels only supervised (the ceiling) and ieg.
 
     With more than 1 probe image per class only the methods that learn from the probe (l2r, ieg, ieg_split) on
     noisy labels: supervised never reads the probe (more images would only shrink its training split), and on
-    clean labels the paper reports one figure for every probe size.
+    clean labels the paper reports one figure for every probe size. `runs` (`--runs`), a list of (noise,
+    method) pairs, replaces the product of `methods` and `noises`; the probe-size rule still applies.
     """
-    return [(n, m) for n in noises for m in METHODS
-            if m in methods and (m in CLEAN_METHODS if n == "clean" else True)
-            and (probe_per_class == 1 or (n != "clean" and m in PROBE_METHODS))]
+    pairs = runs if runs is not None else [(n, m) for n in noises for m in METHODS
+                                           if m in methods and (m in CLEAN_METHODS if n == "clean" else True)]
+    return [(n, m) for n, m in pairs if probe_per_class == 1 or (n != "clean" and m in PROBE_METHODS)]
 
 
-def invocation_plan(seeds, methods, noises, probe_sizes):
-    """Every (seed, noise, method, probe size) an invocation trains, each once (a value given twice would train
-    one run directory twice, at the same time with --jobs 2): per seed and probe size, `planned_runs`."""
+def invocation_plan(seeds, methods, noises, probe_sizes, data_seeds=None, runs=None):
+    """Every (seed, data seed, noise, method, probe size) an invocation trains, each once (a value given twice
+    would train one run directory twice, at the same time with --jobs 2): per seed, data seed and probe size,
+    `planned_runs`. Without `data_seeds` the data seed is None: each run draws its data with its own seed."""
     once = lambda values: list(dict.fromkeys(values))  # noqa: E731
-    return [(seed, noise, method, probe) for seed in once(seeds) for probe in once(probe_sizes)
-            for noise, method in planned_runs(methods, once(noises), probe)]
+    return [(seed, draw, noise, method, probe) for seed in once(seeds) for draw in once(data_seeds or [None])
+            for probe in once(probe_sizes)
+            for noise, method in planned_runs(methods, once(noises), probe, runs and once(runs))]
+
+
+def parse_runs(values):
+    """`--runs clean/supervised uniform80/ieg` as (noise, method) pairs; ValueError names a bad one."""
+    pairs = []
+    for value in values:
+        noise, _, method = value.partition("/")
+        if noise not in NOISE or method not in METHODS:
+            raise ValueError(f"--runs takes noise/method pairs such as clean/supervised or uniform80/ieg, with "
+                             f"noise in {', '.join(NOISE)} and method in {', '.join(METHODS)}; got {value!r}")
+        pairs.append((noise, method))
+    return pairs
 
 
 def oracle_flags(noise, model_dir, seed):
@@ -151,47 +166,60 @@ def run_name(method, probe_per_class=1, tag=""):
     return "_".join(filter(None, [method, f"probe{probe_per_class}" if probe_per_class != 1 else "", tag]))
 
 
-def run_command(noise, method, steps, out, seed, jit, extra_flags=(), name=None, holdout=False, probe_per_class=1):
+def run_command(noise, method, steps, out, seed, jit, extra_flags=(), name=None, holdout=False, probe_per_class=1,
+                data_seed=None):
     """(model dir, `python` arguments) of one run; see `run_one`. With K > 1 probe images per class the
     evaluation period and first SGDR cycle stay one epoch of the 1-probe run (DIGITS_EPOCH), so every probe size
-    trains on the same schedule and its 1246 steps still end at the bottom of a cycle."""
+    trains on the same schedule and its 1246 steps still end at the bottom of a cycle.
+
+    A `data_seed` other than `seed` draws the data (probe, noise, and the holdout or oracle split) with it: the
+    package gets `--data_seed` and the directory a `_data<D>` suffix. Equal to `seed` it is the default run,
+    in the default run's directory."""
     noise_type, ratio = NOISE[noise]
     flag, extra = METHODS[method]
     extra = [*extra, *extra_flags]
     name = name or run_name(method, probe_per_class)
-    model_dir = out / f"{'holdout_' if holdout else ''}steps{steps}_seed{seed}" / f"{noise}_{name}"
+    own_draw = data_seed is None or data_seed == seed
+    draw = seed if own_draw else data_seed
+    model_dir = (out / f"{'holdout_' if holdout else ''}steps{steps}_seed{seed}" /
+                 f"{noise}_{name}{'' if own_draw else f'_data{draw}'}")
     if method == "oracle" and (holdout or probe_per_class != 1):
         raise ValueError("the oracle is built from the digits run with 1 probe image per class; it has no "
                          "--holdout form and no other probe size")
-    data_flags = (holdout_flags(noise, model_dir, seed) if holdout else
-                  oracle_flags(noise, model_dir, seed) if method == "oracle" else
+    data_flags = (holdout_flags(noise, model_dir, draw) if holdout else
+                  oracle_flags(noise, model_dir, draw) if method == "oracle" else
                   ["--dataset=digits", f"--noise_type={noise_type}", f"--noise_ratio={ratio}"])
     if probe_per_class != 1 and not holdout:  # holdout_flags already fix the schedule
         data_flags += [f"--eval_freq={DIGITS_EPOCH}", f"--decay_steps={DIGITS_EPOCH}"]
+    if not own_draw:
+        data_flags.append(f"--data_seed={draw}")
     args = ["-m", "ieg_tf.main", *data_flags, "--network=small_cnn", f"--probe_per_class={probe_per_class}",
             f"--method={flag}", *extra, f"--max_iteration={steps}", f"--seed={seed}", f"--jit_compile={jit}",
             f"--model_dir={model_dir}"]
     return model_dir, args
 
 
-def run_one(noise, method, steps, out, seed, jit, extra_flags=(), name=None, holdout=False, probe_per_class=1):
+def run_one(noise, method, steps, out, seed, jit, extra_flags=(), name=None, holdout=False, probe_per_class=1,
+            data_seed=None):
     """Trains one configuration (or finds it finished) and returns its results.json plus wall seconds.
 
     `extra_flags` are appended to the method's flags; `name` (default: `run_name`) names the run directory;
     `holdout` scores on a held-out third of the training split instead of the test set (`holdout_flags`);
-    `probe_per_class` is the size of the trusted probe set per class (the issue's setting: 1).
+    `probe_per_class` is the size of the trusted probe set per class (the issue's setting: 1); `data_seed`
+    draws the data apart from `seed` (`run_command`) and is the row's "draw" (None: the run's own seed).
     """
-    model_dir, args = run_command(noise, method, steps, out, seed, jit, extra_flags, name, holdout, probe_per_class)
-    name = model_dir.name[len(noise) + 1:]
+    name = name or run_name(method, probe_per_class)
+    model_dir, args = run_command(noise, method, steps, out, seed, jit, extra_flags, name, holdout, probe_per_class,
+                                  data_seed)
     start = time.time()
-    common.run_python(args, out / "logs" / f"{model_dir.parent.name}_{noise}_{name}.log")
+    common.run_python(args, out / "logs" / f"{model_dir.parent.name}_{model_dir.name}.log")
     results = json.loads((model_dir / "results.json").read_text())
     # results.json's "method" is the trainer's (ieg for ieg_split); the row keeps the benchmark's name.
     wrong = errors.suggestion_errors(model_dir) if METHODS[method][0] == "ieg" else None
     if wrong:
         errors.error_gallery(model_dir)
     return {**results, "run": f"{noise}/{name}", "noise": noise, "method": method, "seed": seed,
-            "probe_per_class": probe_per_class, "suggestion_errors": wrong,
+            "draw": data_seed, "probe_per_class": probe_per_class, "suggestion_errors": wrong,
             "test_errors": errors.confusion_errors(model_dir), "holdout": holdout, "model_dir": str(model_dir),
             "command": "python " + " ".join(args), "wall_seconds": round(time.time() - start, 1)}
 
@@ -206,18 +234,32 @@ def row_probe(row):
     return row.get("probe_per_class", 1)
 
 
+def row_key(row):
+    """(seed, data seed) of a result row: the runs that share it share their data and can be compared; the data
+    seed is None where the row's own seed drew the data (rows written before --data_seed have none)."""
+    return row.get("seed"), row.get("draw")
+
+
+def ceilings(rows):
+    """{row_key: clean-label ceiling's final test accuracy} (clean/supervised, 1 probe image per class). Found by
+    method and probe size, not by name: a --tag renames the supervised run too."""
+    return {row_key(r): r["test_accuracy"] for r in rows
+            if (r["noise"], r["method"], row_probe(r)) == ("clean", "supervised", 1)}
+
+
 def check_targets(rows):
     """The issue's targets, on final test accuracy: ieg at uniform80 within 2 points of the clean ceiling and at
     least 10 points above supervised at uniform80. None where a run is missing.
 
-    With several seeds: the targets of each seed under "seed<N>", the mean gap and gain over the seeds that have
-    them, and whether every such seed met each target ("every_seed_...").
+    With several seeds: the targets of each seed under "seed<N>" (with data seeds: each seed and data seed under
+    "seed<N>_data<D>"), the mean gap and gain over the seeds that have them, and whether every such seed met each
+    target ("every_seed_...").
     """
-    seeds = list(dict.fromkeys(r.get("seed") for r in rows))
-    if len(seeds) <= 1:
+    keys = list(dict.fromkeys(map(row_key, rows)))
+    if len(keys) <= 1:
         return _seed_targets(rows)
-    per_seed = {seed: _seed_targets([r for r in rows if r.get("seed") == seed]) for seed in seeds}
-    targets = {f"seed{seed}": t for seed, t in per_seed.items()}
+    per_seed = {key: _seed_targets([r for r in rows if row_key(r) == key]) for key in keys}
+    targets = {f"seed{seed}" + ("" if draw is None else f"_data{draw}"): t for (seed, draw), t in per_seed.items()}
     for key in ("ieg_u80_gap_to_ceiling_points", "ieg_u80_gain_over_supervised_points"):
         values = [t[key] for t in per_seed.values() if key in t]
         if values:
@@ -251,12 +293,14 @@ def issue_cells(row):
 
 def table(rows):
     """The markdown table; supervised and l2r never relabel, so they flag nothing and get no issue columns. The
-    method column is the run's name (the method, its probe size unless 1, its --tag)."""
-    header = ["noise", "method", "seed", "test acc % (final)", "best %", "issue precision", "issue recall",
-              "train s", "wall s"]
-    cells = [[r["noise"], row_name(r), r.get("seed", "-"), common.fmt(r["test_accuracy"], 1, 100),
-              common.fmt(r["best_test_accuracy"], 1, 100), *issue_cells(r), common.fmt(r["seconds"], 0),
-              common.fmt(r["wall_seconds"], 0)] for r in rows]
+    method column is the run's name (the method, its probe size unless 1, its --tag); runs of --data_seed get
+    a data seed column."""
+    draws = any(r.get("draw") is not None for r in rows)
+    header = ["noise", "method", "seed", *(["data seed"] if draws else []), "test acc % (final)", "best %",
+              "issue precision", "issue recall", "train s", "wall s"]
+    cells = [[r["noise"], row_name(r), r.get("seed", "-"), *([common.fmt(r.get("draw"))] if draws else []),
+              common.fmt(r["test_accuracy"], 1, 100), common.fmt(r["best_test_accuracy"], 1, 100), *issue_cells(r),
+              common.fmt(r["seconds"], 0), common.fmt(r["wall_seconds"], 0)] for r in rows]
     return common.markdown_table(header, cells)
 
 
@@ -282,6 +326,70 @@ def seed_summary(rows):
                                   "issue precision", "issue recall", "seeds"], cells)
 
 
+def draw_summary(rows):
+    """The data draw against the training run (`--data_seed`). Per run (noise and name) and data seed: the final
+    test accuracy (%) of each training seed, their mean and sample sd, the mean gap to the ceiling of the same
+    seed and data seed (None for the ceiling itself, or where a ceiling is missing), and the mean label-issue
+    recall of relabelling runs. Per run: the training run's share of the spread, the pooled within-draw sd, and
+    the draws' own, the between-draw sd of a one-way random-effects analysis, sqrt(max(0, (MSB - MSW) / n0))
+    with n0 = (N - sum n_i^2 / N) / (k - 1) (None with fewer than 2 draws or no within-draw sd).
+
+    Rows without a data seed are left out. Returns {"noise/name": {"draws": {D: {...}}, "within_sd": ...,
+    "between_sd": ...}} in the order the runs first appear.
+    """
+    import numpy as np
+    ceiling = ceilings(rows)
+    groups = {}
+    for r in rows:
+        if r.get("draw") is not None:
+            groups.setdefault(r["run"], {}).setdefault(r["draw"], []).append(r)
+    summary = {}
+    for run, draws in groups.items():
+        cells = {}
+        for draw, group in draws.items():
+            acc = np.array([100 * r["test_accuracy"] for r in group])
+            is_ceiling = (group[0]["noise"], group[0]["method"], row_probe(group[0])) == ("clean", "supervised", 1)
+            gaps = [100 * ceiling[row_key(r)] - a for r, a in zip(group, acc) if row_key(r) in ceiling]
+            recall = [r["label_issue_recall"] for r in group if r.get("label_issue_recall") is not None]
+            cells[draw] = dict(accuracy={r["seed"]: round(float(a), 2) for r, a in zip(group, acc)},
+                               mean=round(float(acc.mean()), 2),
+                               sd=round(float(acc.std(ddof=1)), 2) if len(acc) > 1 else None,
+                               gap=None if is_ceiling or len(gaps) < len(group) else round(float(np.mean(gaps)), 2),
+                               recall=round(float(np.mean(recall)), 3) if METHODS[group[0]["method"]][0] == "ieg"
+                               and recall else None)
+        sizes = np.array([len(g) for g in draws.values()])
+        means = np.array([np.mean([100 * r["test_accuracy"] for r in g]) for g in draws.values()])
+        dof = int((sizes - 1).sum())
+        within_var = (sum(float(np.var([100 * r["test_accuracy"] for r in g], ddof=1)) * (len(g) - 1)
+                          for g in draws.values() if len(g) > 1) / dof) if dof else None
+        between = None
+        if within_var is not None and len(sizes) > 1:
+            total, k = sizes.sum(), len(sizes)
+            grand = (sizes * means).sum() / total
+            msb = (sizes * (means - grand) ** 2).sum() / (k - 1)
+            n0 = (total - (sizes ** 2).sum() / total) / (k - 1)
+            between = round(float(np.sqrt(max(0.0, (msb - within_var) / n0))), 2)
+        summary[run] = dict(draws=cells, within_sd=None if within_var is None else round(within_var ** 0.5, 2),
+                            between_sd=between)
+    return summary
+
+
+def draw_table(summary):
+    """`draw_summary` as markdown: a row per run and data seed, a column per training seed, then mean, sd, mean
+    gap and issue recall; a second table gives each run's within-draw and between-draw sd."""
+    seeds = list(dict.fromkeys(s for run in summary.values() for c in run["draws"].values() for s in c["accuracy"]))
+    cells = [[run.split("/", 1)[0], run.split("/", 1)[1], draw,
+              *(common.fmt(c["accuracy"].get(s), 2) for s in seeds), common.fmt(c["mean"], 2),
+              common.fmt(c["sd"], 2), common.fmt(c["gap"], 2), common.fmt(c["recall"], 3)]
+             for run, v in summary.items() for draw, c in v["draws"].items()]
+    first = common.markdown_table(["noise", "method", "data seed", *(f"seed {s} %" for s in seeds), "mean %",
+                                   "sd", "mean gap", "issue recall"], cells)
+    spread = [[run, len(v["draws"]), common.fmt(v["within_sd"], 2), common.fmt(v["between_sd"], 2)]
+              for run, v in summary.items()]
+    return first + "\n\n" + common.markdown_table(
+        ["run", "data draws", "training run sd (pooled within draws)", "data draw sd (between draws)"], spread)
+
+
 def noise_grid(rows):
     """The paper's layout (SPEC section 5: a row per method and probe size M, a column per noise ratio): per run
     name and noise setting, the mean final test accuracy over the seeds and the mean gap to each seed's ceiling
@@ -290,8 +398,7 @@ def noise_grid(rows):
     Returns {name: {"method": method, "probe_per_class": M, noise: {"mean": %, "gap": points or None, "seeds": n}}}
     in the order the names first appear; the columns follow NOISE.
     """
-    ceiling = {r.get("seed"): r["test_accuracy"] for r in rows
-               if (r["noise"], r["method"], row_probe(r)) == ("clean", "supervised", 1)}
+    ceiling = ceilings(rows)
     grid = {}
     for r in rows:
         cells = grid.setdefault(row_name(r), {"method": r["method"], "probe_per_class": row_probe(r)})
@@ -299,7 +406,7 @@ def noise_grid(rows):
     for cells in grid.values():
         for noise in [n for n in NOISE if n in cells]:
             group = cells[noise]
-            gaps = [100 * (ceiling[r.get("seed")] - r["test_accuracy"]) for r in group if r.get("seed") in ceiling]
+            gaps = [100 * (ceiling[row_key(r)] - r["test_accuracy"]) for r in group if row_key(r) in ceiling]
             cells[noise] = dict(mean=round(100 * sum(r["test_accuracy"] for r in group) / len(group), 2),
                                 gap=round(sum(gaps) / len(gaps), 2) if len(gaps) == len(group) else None,
                                 seeds=len(group))
@@ -439,11 +546,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps of every run")
     parser.add_argument("--out", default="/tmp/ieg_bench/accuracy", help="run directories and accuracy.json")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(DEFAULT_METHODS),
-                        help="oracle is a diagnostic, off by default")
-    parser.add_argument("--noise", nargs="+", choices=list(NOISE), default=list(DEFAULT_NOISE))
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
+                        help=f"default {' '.join(DEFAULT_METHODS)}; oracle is a diagnostic, off by default")
+    parser.add_argument("--noise", nargs="+", choices=list(NOISE), default=None,
+                        help=f"default {' '.join(DEFAULT_NOISE)}")
     parser.add_argument("--seed", type=int, nargs="+", default=[12345],
                         help="one or more seeds; every run is trained once per seed")
+    parser.add_argument("--data_seed", type=int, nargs="+", default=None,
+                        help="data draws: every run is trained once per seed and data seed, the data seed drawing "
+                             "the probe and the noise (ieg_tf's --data_seed); adds the draw-against-run table")
+    parser.add_argument("--runs", nargs="+", default=None, metavar="NOISE/METHOD",
+                        help="exactly these runs, e.g. clean/supervised uniform80/ieg, instead of every "
+                             "--methods x --noise pair")
     parser.add_argument("--probe_per_class", type=int, nargs="+", default=[1],
                         help="probe images per class, one or more (the paper's M/10); every run is trained once per "
                              "size; the targets read the 1-image runs")
@@ -461,6 +575,15 @@ def main(argv=None):
                         help="XLA for the train step (auto = on, one device)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (each is its own process)")
     args = parser.parse_args(argv)
+    try:
+        runs = parse_runs(args.runs) if args.runs else None
+    except ValueError as e:
+        parser.error(str(e))
+    if runs and (args.methods or args.noise):
+        parser.error("--runs names every run to train; leave out --methods and --noise")
+    if runs:  # the checks below read the methods and noise settings actually run
+        args.methods, args.noise = [m for _, m in runs], [n for n, _ in runs]
+    args.methods, args.noise = args.methods or list(DEFAULT_METHODS), args.noise or list(DEFAULT_NOISE)
     if args.steps < 1 or args.jobs < 1 or min(args.probe_per_class) < 1:
         parser.error(f"--steps, --jobs and --probe_per_class must be >= 1, got {args.steps}, {args.jobs} and "
                      f"{min(args.probe_per_class)}")
@@ -468,6 +591,8 @@ def main(argv=None):
         parser.error("the oracle is a 1-probe-image diagnostic: run it without --probe_per_class")
     if args.flags and not args.tag:
         parser.error("--flags changes what a run trains, so give it a --tag (it names the run directories)")
+    if "--data_seed" in args.flags and args.data_seed:
+        parser.error("give the data seeds once, as --data_seed of the benchmark, not in --flags")
     if args.holdout and (set(args.noise) - set(HOLDOUT_NOISE) or "oracle" in args.methods):
         parser.error(f"--holdout runs the noise settings {', '.join(HOLDOUT_NOISE)} and no oracle; pass "
                      f"--noise {' '.join(HOLDOUT_NOISE)} and leave oracle out of --methods")
@@ -478,26 +603,30 @@ def main(argv=None):
     out = pathlib.Path(args.out)
     extra = shlex.split(args.flags)
 
-    def one(seed, noise, method, probe):
+    def one(seed, draw, noise, method, probe):
         name = run_name(method, probe, args.tag)
-        print(f"[accuracy] seed {seed} {noise}/{name}: {args.steps} steps ...", flush=True)
-        row = run_one(noise, method, args.steps, out, seed, args.jit, extra, name, args.holdout, probe)
-        print(f"[accuracy] seed {seed} {noise}/{name}: {'holdout' if args.holdout else 'test'} accuracy "
+        label = f"seed {seed}{'' if draw is None else f' data {draw}'} {noise}/{name}"
+        print(f"[accuracy] {label}: {args.steps} steps ...", flush=True)
+        row = run_one(noise, method, args.steps, out, seed, args.jit, extra, name, args.holdout, probe, draw)
+        print(f"[accuracy] {label}: {'holdout' if args.holdout else 'test'} accuracy "
               f"{common.fmt(row['test_accuracy'], 1, 100)}%, {row['wall_seconds']:.0f} s", flush=True)
         if row["suggestion_errors"]:
-            print(f"[accuracy] seed {seed} {noise}/{name}: suggested labels {row['suggestion_errors']}", flush=True)
+            print(f"[accuracy] {label}: suggested labels {row['suggestion_errors']}", flush=True)
         return row
 
-    rows = common.run_parallel(one, invocation_plan(args.seed, args.methods, args.noise, args.probe_per_class),
-                               args.jobs)
+    plan = invocation_plan(args.seed, args.methods, args.noise, args.probe_per_class, args.data_seed, runs)
+    rows = common.run_parallel(one, plan, args.jobs)
     grid = noise_grid(rows)
-    report = dict(steps=args.steps, seeds=args.seed, holdout=args.holdout, flags=extra, jit=args.jit,
-                  probe_per_class=args.probe_per_class, runs=rows, targets=check_targets(rows), grid=grid)
+    report = dict(steps=args.steps, seeds=args.seed, data_seeds=args.data_seed, holdout=args.holdout, flags=extra,
+                  jit=args.jit, probe_per_class=args.probe_per_class, runs=rows, targets=check_targets(rows),
+                  grid=grid, draws=draw_summary(rows))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     plot_curves(rows, out / f"{stem}_curves.png")
     print(table(rows))
-    if len(args.seed) > 1:
+    if args.data_seed:
+        print(draw_table(report["draws"]))
+    elif len(args.seed) > 1:
         print(seed_summary(rows))
     if len(args.probe_per_class) > 1 or sum(n.startswith("uniform") for n in args.noise) > 1:
         print(grid_table(grid))

@@ -1,6 +1,7 @@
 """The benchmark scripts' logic: run planning, targets, tables, and one real in-process step timing."""
 
 import json
+import pathlib
 
 import pytest
 
@@ -47,6 +48,9 @@ def test_accuracy_table_gives_issue_columns_only_to_relabelling_methods():
     assert lines[0].startswith("| noise | method | seed | test acc % (final)")
     assert lines[2] == "| uniform80 | supervised | 12345 | 50.0 | 50.0 | - | - | 10 | 12 |"
     assert lines[3] == "| uniform80 | ieg_split | 12345 | 96.0 | 96.0 | 0.990 | 0.950 | 10 | 12 |"
+    drawn = accuracy.table([dict(rows[0], draw=7)]).splitlines()
+    assert drawn[0].startswith("| noise | method | seed | data seed | test acc % (final)")
+    assert drawn[2] == "| uniform80 | supervised | 12345 | 7 | 50.0 | 50.0 | - | - | 10 | 12 |"
 
 
 def test_check_targets_over_seeds_reports_each_seed_the_mean_and_every_seed():
@@ -117,6 +121,18 @@ def test_accuracy_cli_refuses_untagged_flags_and_holdout_without_its_noise(capsy
     with pytest.raises(SystemExit):
         accuracy.main(["--methods", "oracle", "--probe_per_class", "1", "3"])
     assert "oracle is a 1-probe-image diagnostic" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        accuracy.main(["--data_seed", "2", "--flags=--data_seed=3", "--tag", "d"])
+    assert "give the data seeds once" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        accuracy.main(["--runs", "clean/supervised", "--methods", "ieg"])
+    assert "leave out --methods and --noise" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        accuracy.main(["--runs", "uniform80-ieg"])
+    assert "--runs takes noise/method pairs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        accuracy.main(["--holdout", "--runs", "asym40/ieg"])
+    assert "--holdout runs the noise settings" in capsys.readouterr().err
 
 
 def test_more_probe_images_plan_only_the_probe_methods_on_noisy_labels():
@@ -127,10 +143,79 @@ def test_more_probe_images_plan_only_the_probe_methods_on_noisy_labels():
 
 def test_invocation_plan_trains_each_run_once_per_seed_and_probe_size():
     plan = accuracy.invocation_plan([1, 2, 1], ["ieg", "supervised"], ["uniform80", "clean", "uniform80"], [1, 5, 1])
-    assert plan == [(1, "uniform80", "supervised", 1), (1, "uniform80", "ieg", 1), (1, "clean", "supervised", 1),
-                    (1, "clean", "ieg", 1), (1, "uniform80", "ieg", 5),
-                    (2, "uniform80", "supervised", 1), (2, "uniform80", "ieg", 1), (2, "clean", "supervised", 1),
-                    (2, "clean", "ieg", 1), (2, "uniform80", "ieg", 5)]
+    assert plan == [(1, None, "uniform80", "supervised", 1), (1, None, "uniform80", "ieg", 1),
+                    (1, None, "clean", "supervised", 1), (1, None, "clean", "ieg", 1), (1, None, "uniform80", "ieg", 5),
+                    (2, None, "uniform80", "supervised", 1), (2, None, "uniform80", "ieg", 1),
+                    (2, None, "clean", "supervised", 1), (2, None, "clean", "ieg", 1), (2, None, "uniform80", "ieg", 5)]
+
+
+def test_invocation_plan_with_data_seeds_and_explicit_runs():
+    runs = accuracy.parse_runs(["clean/supervised", "uniform80/ieg", "clean/supervised"])
+    plan = accuracy.invocation_plan([1, 2], ["l2r"], ["asym40"], [1], data_seeds=[7, 1, 7], runs=runs)
+    assert plan == [(1, 7, "clean", "supervised", 1), (1, 7, "uniform80", "ieg", 1),
+                    (1, 1, "clean", "supervised", 1), (1, 1, "uniform80", "ieg", 1),
+                    (2, 7, "clean", "supervised", 1), (2, 7, "uniform80", "ieg", 1),
+                    (2, 1, "clean", "supervised", 1), (2, 1, "uniform80", "ieg", 1)]
+    # The probe-size rule holds for explicit runs too: no clean or supervised run with 5 images per class.
+    assert accuracy.planned_runs([], [], 5, runs) == [("uniform80", "ieg")]
+    for bad in ("uniform80", "uniform80/ieg2", "noisy/ieg"):
+        with pytest.raises(ValueError, match="--runs takes noise/method pairs"):
+            accuracy.parse_runs([bad])
+
+
+def test_run_command_draws_the_data_with_the_data_seed(tmp_path):
+    import numpy as np
+    own_dir, own = accuracy.run_command("uniform80", "ieg", 100, tmp_path, 3, "auto", data_seed=3)
+    assert (own_dir, own) == accuracy.run_command("uniform80", "ieg", 100, tmp_path, 3, "auto")
+    assert not any(a.startswith("--data_seed") for a in own)
+    other_dir, other = accuracy.run_command("uniform80", "ieg", 100, tmp_path, 3, "auto", data_seed=5)
+    assert other_dir == tmp_path / "steps100_seed3" / "uniform80_ieg_data5"
+    assert "--data_seed=5" in other and "--seed=3" in other
+    # The holdout split is data too: it follows the data seed, not the training seed.
+    held_dir, _ = accuracy.run_command("uniform80", "ieg", 100, tmp_path, 3, "auto", holdout=True, data_seed=5)
+    accuracy.holdout_flags("uniform80", tmp_path / "ref5", seed=5)
+    accuracy.holdout_flags("uniform80", tmp_path / "ref3", seed=3)
+    held = np.load(held_dir / "holdout_data.npz")["test_images"]
+    assert np.array_equal(held, np.load(tmp_path / "ref5" / "holdout_data.npz")["test_images"])
+    assert not np.array_equal(held, np.load(tmp_path / "ref3" / "holdout_data.npz")["test_images"])
+
+
+def test_draw_summary_splits_the_spread_into_training_run_and_data_draw():
+    def row(run, acc, seed, draw, recall=None):
+        return dict(_row(run, acc, recall=recall, seed=seed), draw=draw)
+    accs = {7: [0.95, 0.97, 0.96], 8: [0.90, 0.92, 0.91]}
+    rows = [row("clean/supervised", 0.99, seed, draw) for draw in accs for seed in (1, 2, 3)]
+    rows += [row("uniform80/ieg", a, seed, draw, recall=0.9 + draw / 100)
+             for draw, values in accs.items() for seed, a in zip((1, 2, 3), values)]
+    rows.append(_row("uniform80/ieg", 0.5, seed=1))  # no data seed: left out
+    summary = accuracy.draw_summary(rows)
+    ieg = summary["uniform80/ieg"]
+    assert ieg["draws"][7] == dict(accuracy={1: 95.0, 2: 97.0, 3: 96.0}, mean=96.0, sd=1.0, gap=3.0, recall=0.97)
+    assert ieg["draws"][8]["mean"] == 91.0 and ieg["draws"][8]["gap"] == 8.0
+    # Within each draw the runs' sd is 1; the draws' means differ by 5 points: MSB = 3 * 2 * 2.5^2 = 37.5,
+    # MSW = 1, n0 = 3, so the draws' own sd is sqrt(36.5 / 3).
+    assert ieg["within_sd"] == 1.0 and ieg["between_sd"] == pytest.approx((36.5 / 3) ** 0.5, abs=0.01)
+    ceiling = summary["clean/supervised"]
+    assert ceiling["draws"][7]["gap"] is None and ceiling["draws"][7]["recall"] is None
+    assert ceiling["within_sd"] == 0.0 and ceiling["between_sd"] == 0.0
+    lines = accuracy.draw_table(summary).splitlines()
+    assert lines[0] == ("| noise | method | data seed | seed 1 % | seed 2 % | seed 3 % | mean % | sd | mean gap "
+                        "| issue recall |")
+    assert lines[4] == "| uniform80 | ieg | 7 | 95.00 | 97.00 | 96.00 | 96.00 | 1.00 | 3.00 | 0.970 |"
+    assert "| uniform80/ieg | 2 | 1.00 | 3.49 |" in lines
+    # Draws whose means differ less than the runs' noise predicts have no spread of their own.
+    flat = [row("uniform80/ieg", a, seed, draw) for draw in (7, 8) for seed, a in zip((1, 2), (0.95, 0.97))]
+    assert accuracy.draw_summary(flat)["uniform80/ieg"]["between_sd"] == 0.0
+
+
+def test_targets_and_grid_compare_each_run_with_the_ceiling_of_its_own_data_draw():
+    rows = [dict(_row("clean/supervised", acc, seed=1), draw=draw) for draw, acc in ((7, 0.99), (8, 0.97))]
+    rows += [dict(_row("uniform80/ieg", acc, seed=1), draw=draw) for draw, acc in ((7, 0.96), (8, 0.96))]
+    targets = accuracy.check_targets(rows)
+    assert targets["seed1_data7"]["ieg_u80_gap_to_ceiling_points"] == pytest.approx(3.0, abs=0.01)
+    assert targets["seed1_data8"]["ieg_u80_gap_to_ceiling_points"] == pytest.approx(1.0, abs=0.01)
+    assert targets["mean_ieg_u80_gap_to_ceiling_points"] == pytest.approx(2.0, abs=0.01)
+    assert accuracy.noise_grid(rows)["ieg"]["uniform80"] == dict(mean=96.0, gap=2.0, seeds=2)
 
 
 def test_run_command_names_the_probe_size_and_keeps_the_one_probe_schedule(tmp_path):
@@ -409,3 +494,21 @@ def test_augment_bench_reads_the_step_time_report_and_measures_throughput():
         augment_bench.reported_ieg_ms(report, "wrn28-2", False, 100)
     result = augment_bench.measure(kind="small", batch=16, seconds=0.3)
     assert result["images_per_second"] > 0 and result["weak_images_per_second"] > 0
+
+
+@pytest.mark.slow
+def test_accuracy_bench_data_seeds_reach_the_package(tmp_path, capsys):
+    """Two short real runs on one training seed and two data seeds: each run's data is drawn with its data seed."""
+    import numpy as np
+    accuracy.main(["--steps", "3", "--seed", "1", "--data_seed", "1", "5", "--runs", "uniform80/supervised",
+                   "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "accuracy.json").read_text())
+    assert report["data_seeds"] == [1, 5]
+    runs = {r["draw"]: r for r in report["runs"]}
+    assert (runs[1]["seed"], runs[1]["data_seed"], runs[5]["seed"], runs[5]["data_seed"]) == (1, 1, 1, 5)
+    assert runs[1]["model_dir"] == str(tmp_path / "steps3_seed1" / "uniform80_supervised")
+    assert runs[5]["model_dir"] == str(tmp_path / "steps3_seed1" / "uniform80_supervised_data5")
+    probes = [np.load(pathlib.Path(runs[d]["model_dir"]) / "split" / "probe_ids.npy") for d in (1, 5)]
+    assert not np.array_equal(*probes)
+    assert set(report["draws"]["uniform80/supervised"]["draws"]) == {"1", "5"}
+    assert "| uniform80/supervised | 2 |" in capsys.readouterr().out
