@@ -22,6 +22,14 @@ Seeds (`--seed 12345 1 2`): every run is trained once per seed (the seed draws t
 order and the step's randomness; the test split is fixed). The targets are then checked per seed, with the mean
 gap and whether every seed met them, and a second table gives mean / min / max over the seeds.
 
+Data draws (`--data_seed 12345 2 3`): every run is trained once per seed and data seed; the data seed draws the
+probe images and the noise (and the --holdout split), the seed the training run (ieg_tf's --data_seed). A run
+whose data seed equals its seed is the default run, in its directory; the others get `_data<D>`. Each run is
+compared with the ceiling of its own seed and data seed, and a table gives, per run and data draw, the accuracy
+of every training seed, their mean, sd and mean gap, and the spread split into the training run's sd (pooled
+within draws) and the draws' own (between draws). `--runs clean/supervised uniform80/ieg` trains exactly those
+runs instead of every --methods x --noise pair.
+
 Probe size and noise ratio, the paper's grid (SPEC section 5): `--probe_per_class 1 5 10` trains the methods
 that learn from the probe (l2r, ieg, ieg_split) once per size, on the noisy settings (`_probe<K>` in run names;
 same schedule as the 1-image runs), and `--noise uniform20 uniform40 uniform80` adds the paper's lower noise
