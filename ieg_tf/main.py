@@ -53,8 +53,9 @@ flags.DEFINE_float("grad_eps_init", 0.9, "lambda0: where the label-mix gradient 
 flags.DEFINE_float("clean_threshold", None, "Paper's threshold-T split (omega* < T/B is 'possibly mislabeled'); "
                    "unset = reference behaviour (no split).", lower_bound=0.0)
 flags.DEFINE_bool("meta_stop_guess_gradient", False, "Stop the gradient through the guess in the look-ahead.")
-flags.DEFINE_enum("meta_grad_mode", "exact", META_GRAD_MODES, "Meta gradient: exact look-ahead (reproduces the "
-                  "paper), approx_vjp (first order, no theta' forward), last_layer (look-ahead through the classifier).")
+flags.DEFINE_enum("meta_grad_mode", "exact", META_GRAD_MODES,
+                  "Meta gradient: exact look-ahead (reproduces the paper), approx_vjp (first order, no theta' "
+                  "forward), last_layer (look-ahead through the classifier).")
 flags.DEFINE_integer("meta_every", 1, "Solve omega*, lambda* every k steps and reuse them in between.", lower_bound=1)
 flags.DEFINE_float("ema_decay", 0.999, "EMA decay cap.", lower_bound=0.0, upper_bound=0.999999)
 flags.DEFINE_float("sharpen_temperature", 0.5, "T of the guessed label's sharpening (1 = no sharpening).",

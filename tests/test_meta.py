@@ -55,8 +55,9 @@ def test_meta_gradients_match_central_finite_differences_in_float64():
     fd_omega, fd_lambda = np.zeros(B), np.zeros(B)
     for i in range(B):
         e = np.eye(B)[i] * h
-        fd_omega[i] = (float(run(omega0 + e, lambda0).probe_loss) - float(run(omega0 - e, lambda0).probe_loss)) / (2 * h)
-        fd_lambda[i] = (float(run(omega0, lambda0 + e).probe_loss) - float(run(omega0, lambda0 - e).probe_loss)) / (2 * h)
+        loss = lambda omega, lam: float(run(omega, lam).probe_loss)  # noqa: E731
+        fd_omega[i] = (loss(omega0 + e, lambda0) - loss(omega0 - e, lambda0)) / (2 * h)
+        fd_lambda[i] = (loss(omega0, lambda0 + e) - loss(omega0, lambda0 - e)) / (2 * h)
     assert np.max(np.abs(fd_omega)) > 1e-3 and np.max(np.abs(fd_lambda)) > 1e-4  # a real, non-trivial signal
     np.testing.assert_allclose(m.grad_omega.numpy(), fd_omega, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(m.grad_lambda.numpy(), fd_lambda, rtol=1e-5, atol=1e-8)
