@@ -270,10 +270,10 @@ def test_affine_transforms_rotate_about_the_centre_shear_and_scale():
     img = np.arange(1, 26, dtype=np.float32).reshape(5, 5, 1)
     np.testing.assert_allclose(_warp(img), img)
     np.testing.assert_allclose(_warp(img, 180.0), img[::-1, ::-1], atol=1e-4)
-    # A quarter turn is np.rot90 one way (which way depends on the y-down image axes); -90 degrees the other way.
-    quarter = _warp(img, 90.0)
-    assert np.allclose(quarter, np.rot90(img, 1), atol=1e-4) or np.allclose(quarter, np.rot90(img, -1), atol=1e-4)
-    np.testing.assert_allclose(_warp(img, -90.0), np.rot90(quarter, 2), atol=1e-4)
+    # +90 degrees: output (r, c) reads input (c, 4 - r) by the docstring's formula (x = column, y = row), which is
+    # np.rot90(img, 1); -90 degrees turns the other way.
+    np.testing.assert_allclose(_warp(img, 90.0), np.rot90(img, 1), atol=1e-4)
+    np.testing.assert_allclose(_warp(img, -90.0), np.rot90(img, -1), atol=1e-4)
     # Scale 0.5: the output reads twice as far from the centre, so the centre row keeps the centre value,
     # columns 0 and 4 (two pixels out) read outside the image (fill 0), columns 1 and 3 read columns 0 and 4.
     wide = _warp(img, sx=0.5)

@@ -64,13 +64,21 @@ def test_run_writes_results_report_plots_split_and_prints_the_summary_last(ieg_r
 
 
 def test_exported_savedmodel_serves_uint8_images(ieg_run):
-    _, export_dir, _ = ieg_run
+    model_dir, export_dir, _ = ieg_run
     served = tf.saved_model.load(export_dir).signatures["serving_default"]
     images = np.load(os.path.join(ROOT, "data", "digits.npz"))["images"][:5]
     images = (images.astype(np.float32) * 255 / 16).round().astype(np.uint8)[..., None]
     probs = served(images=tf.constant(images))["probabilities"].numpy()
     assert probs.shape == (5, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    # The served model is the evaluated (EMA) one: on the test split it gives the run's confusion matrix.
+    from ieg_tf import sources
+    test = sources.read_digits()
+    predicted = np.argmax(served(images=tf.constant(test.test_images))["probabilities"].numpy(), axis=1)
+    confusion, _ = report.read_confusion_csv(os.path.join(model_dir, "test_confusion.csv"))
+    expected = np.zeros_like(confusion)
+    np.add.at(expected, (test.test_labels, predicted), 1)
+    np.testing.assert_array_equal(expected, confusion)
 
 
 def test_same_command_resumes_and_a_longer_budget_continues(ieg_run):
@@ -176,6 +184,31 @@ def test_probe_affine_flag_reaches_the_input_pipeline():
 def test_kl_weight_default_is_per_data_set_and_a_given_flag_wins(args, expected):
     _, trainer_cfg, _ = _configs(*args)
     assert trainer_cfg.consistency_factor == expected
+
+
+def test_every_trainer_flag_reaches_the_trainer_config():
+    """Each TrainerConfig field has a flag of its name, and a non-default value given there arrives unchanged.
+    weight_decay and decay_kernels_only come from the network's spec (train.build_trainer, --weight_decay)."""
+    import dataclasses
+    from ieg_tf import datasets
+    from ieg_tf.config import TrainerConfig
+    given = {"method": ("l2r", "l2r"), "ce_factor": ("2.5", 2.5), "ce_rampup_steps": ("7", 7),
+             "consistency_factor": ("3", 3.0), "meta_stepsize": ("0.2", 0.2), "meta_momentum": ("0.5", 0.5),
+             "grad_eps_init": ("0.4", 0.4), "clean_threshold": ("1.5", 1.5), "probe_weight_decay": ("0.01", 0.01),
+             "ema_decay": ("0.99", 0.99), "mixup_beta": ("0.75", 0.75), "sharpen_temperature": ("1", 1.0),
+             "guess_views": ("weak", "weak"), "meta_stop_guess_gradient": ("true", True), "seed": ("7", 7),
+             "meta_grad_mode": ("approx_vjp", "approx_vjp"), "meta_every": ("3", 3)}
+    fields = {f.name for f in dataclasses.fields(TrainerConfig)}
+    assert fields - set(given) == {"weight_decay", "decay_kernels_only"}
+    _, cfg, run_cfg = _configs(*(f"--{name}={flag}" for name, (flag, _) in given.items()), "--weight_decay=0.002")
+    reference = TrainerConfig()
+    for name, (_, value) in given.items():
+        assert getattr(cfg, name) == value != getattr(reference, name), name
+    assert run_cfg.weight_decay == 0.002
+    images, labels = np.zeros((40, 8, 8, 1), np.uint8), np.arange(40) % 4
+    data = datasets.from_arrays(images, labels, images[:8], labels[:8], probe_per_class=1)
+    trainer = train.build_trainer(dataclasses.replace(run_cfg, network="small_cnn", decay_steps=10), cfg, data)[0]
+    assert trainer.config.weight_decay == 0.002 and trainer.config.meta_every == 3
 
 
 def test_algorithm_constants_reach_the_trainer_config_and_default_to_the_reference():

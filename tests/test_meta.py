@@ -2,9 +2,10 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from ieg_tf import losses, meta
+from ieg_tf import losses, meta, random_ops
 from ieg_tf.config import TrainerConfig
 from ieg_tf.model import IEGTrainer
 from ieg_tf.optim import TF1Momentum
@@ -124,6 +125,132 @@ def test_total_loss_is_the_sum_of_the_reference_terms():
     expected = (value["sup_loss"] + value["mix_probe_loss"] + 5.0 * value["mix_unl_loss"]
                 + 20.0 * value["kl_loss"] + value["l2_loss"])
     np.testing.assert_allclose(value["loss"], expected, rtol=1e-5)
+
+
+def _softmax_ce(targets, logits):
+    return -tf.reduce_sum(targets * tf.nn.log_softmax(logits), axis=-1)
+
+
+def _rms_normalized(logits):
+    return logits / tf.sqrt(tf.reduce_mean(tf.square(logits)) + 1e-8)
+
+
+@pytest.mark.parametrize("threshold", [None, 1.0])
+def test_ieg_step_losses_and_gradient_match_a_hand_computation(threshold):
+    """Every term of the training loss (SPEC 1.3-1.7) written out again from the formulas, with omega*, lambda*
+    taken from the step (the meta step has its own tests), and the gradient of their sum against the step's."""
+    trainer = _trainer("ieg", clean_threshold=threshold)
+    cfg, net, data, b = trainer.config, trainer.network, _batch(), 8
+    seed = trainer.step_seed()
+    step = trainer.compute_gradients(data, seed)
+    omega, lam, step_guess = (t.numpy().astype(np.float32) for t in step.per_example)
+    x, xs, xp = data["weak"], data["strong"], data["probe_image"]
+    y, yp = tf.one_hot(data["label"], C), tf.one_hot(data["probe_label"], C)
+    # The step's random draws, from its seed: B probe rows with replacement, then one MixUp permutation and
+    # coefficient m = max(a, 1 - a), a = u^(1 / beta) / 2, over the 3B rows.
+    draw_seed, mix_seed = random_ops.split(seed, 2)
+    rows = random_ops.randint([b], draw_seed, 0, b)
+    perm_seed, coef_seed = random_ops.split(mix_seed, 2)
+    perm = tf.argsort(random_ops.uniform([3 * b], perm_seed))
+    a = random_ops.uniform([3 * b], coef_seed) ** (1.0 / cfg.mixup_beta) / 2.0
+    m = tf.maximum(a, 1.0 - a)[:, None]
+    with tf.GradientTape() as tape:
+        z, zs = net(x, training=True), net(xs, training=True)
+        mean_probs = (tf.nn.softmax(_rms_normalized(z)) + tf.nn.softmax(_rms_normalized(zs))) / 2
+        sharp = mean_probs ** (1.0 / cfg.sharpen_temperature)
+        guess = tf.stop_gradient(sharp / tf.reduce_sum(sharp, axis=1, keepdims=True))
+        lam_c = lam[:, None]
+        sup = 0.5 * (tf.reduce_mean(_softmax_ce(lam_c * y + (1 - lam_c) * guess, z))
+                     + tf.reduce_sum(omega * _softmax_ce(cfg.grad_eps_init * y + (1 - cfg.grad_eps_init) * guess, z)))
+        keep_label = np.zeros(b, bool) if threshold is None else omega * b >= threshold
+        unlabeled = tf.where(keep_label[:, None], y, guess)
+        images = tf.concat([tf.gather(xp, rows), x, xs], 0)
+        targets = tf.concat([tf.gather(yp, rows), unlabeled, unlabeled], 0)
+        logits = net(m * images + (1 - m) * tf.gather(images, perm), training=True)
+        mixed_targets = m * targets + (1 - m) * tf.gather(targets, perm)
+        mix_probe = tf.reduce_mean(_softmax_ce(mixed_targets[:b], _rms_normalized(logits[:b])))
+        mix_unl = tf.reduce_mean(_softmax_ce(mixed_targets[b:], tf.concat(
+            [_rms_normalized(logits[b:2 * b]), _rms_normalized(logits[2 * b:])], 0)))
+        p_weak = tf.nn.softmax(tf.stop_gradient(z))
+        kl = tf.reduce_mean(tf.reduce_sum(p_weak * (tf.math.log(p_weak) - tf.nn.log_softmax(zs)), axis=1))
+        l2 = cfg.weight_decay * 0.5 * tf.add_n([tf.reduce_sum(v ** 2) for v in net.trainable_variables])
+        total = sup + mix_probe + cfg.ce_factor * mix_unl + cfg.consistency_factor * kl + l2
+    expected = dict(sup_loss=sup, mix_probe_loss=mix_probe, mix_unl_loss=mix_unl, kl_loss=kl, l2_loss=l2, loss=total)
+    for name, value in expected.items():
+        np.testing.assert_allclose(float(step.logs[name][0]), float(value), rtol=2e-5, err_msg=name)
+    np.testing.assert_allclose(step_guess, guess, rtol=1e-5, atol=1e-6)
+    if threshold is not None:
+        assert 0 < keep_label.sum() < b  # both sides of the split are exercised
+    for got, want in zip(step.grads, tape.gradient(total, net.trainable_variables)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_meta_probe_loss_is_read_at_the_hand_built_look_ahead_point():
+    """L_probe(theta') with theta' = theta - eta (mu a + G), G = d L_look / d theta at (omega0, lambda0), and the
+    probe objective CE + wd_p / 2 sum ||theta'||^2, written out again by hand."""
+    net = _net()
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(size=(B, D)), tf.float32)
+    y = tf.one_hot([0, 1, 2, 1], C)
+    xp, yp = tf.constant(rng.normal(size=(C, D)), tf.float32), tf.one_hot([0, 1, 2], C)
+    params, non_trainable = net.trainable_variables, net.non_trainable_variables
+    accumulators = [tf.constant(rng.normal(size=v.shape), tf.float32) for v in params]
+    omega0, lambda0 = tf.fill([B], 1.0 / B), tf.fill([B], 0.9)
+    eta, mu, wd_look, wd_probe = 0.1, 0.9, 5e-4, 3e-2
+
+    def forward():
+        return net.stateless_call(params, non_trainable, x, training=True)[0]
+
+    def look_loss(z, omega, lam):
+        target = lam[:, None] * y + (1 - lam[:, None]) * tf.nn.softmax(z)
+        return tf.reduce_sum(omega * losses.cross_entropy(target, z)) + losses.l2_penalty(params, wd_look)
+
+    m = meta.meta_gradients(network=net, forward_fn=forward, look_loss_fn=look_loss, omega0=omega0, lambda0=lambda0,
+                            probe_images=xp, probe_labels_onehot=yp, accumulators=accumulators, step_size=eta,
+                            momentum=mu, probe_weight_decay=wd_probe)
+    with tf.GradientTape() as tape:
+        z = net(x, training=True)
+        target = lambda0[:, None] * y + (1 - lambda0[:, None]) * tf.nn.softmax(z)
+        look = tf.reduce_sum(omega0 * _softmax_ce(target, z)) + wd_look * 0.5 * tf.add_n(
+            [tf.reduce_sum(v ** 2) for v in params])
+    grads = tape.gradient(look, params)
+    theta_prime = [p - eta * (mu * acc + g) for p, acc, g in zip(params, accumulators, grads)]
+    probe_logits, _ = net.stateless_call(theta_prime, non_trainable, xp, training=True)
+    want = (tf.reduce_mean(_softmax_ce(yp, probe_logits))
+            + wd_probe * 0.5 * tf.add_n([tf.reduce_sum(v ** 2) for v in theta_prime]))
+    np.testing.assert_allclose(float(m.probe_loss), float(want), rtol=1e-5)
+    np.testing.assert_allclose(m.probe_logits, probe_logits, rtol=1e-5, atol=1e-6)
+    # The momentum and the probe's L2 term each move the figure: the check above can see either one missing.
+    without_momentum = [p - eta * g for p, g in zip(params, grads)]
+    assert abs(float(want) - float(tf.reduce_mean(_softmax_ce(yp, net.stateless_call(
+        without_momentum, non_trainable, xp, training=True)[0])))) > 1e-2
+    assert wd_probe * 0.5 * sum(float(tf.reduce_sum(v ** 2)) for v in theta_prime) > 1e-2
+
+
+def test_meta_stop_guess_gradient_cuts_the_guess_out_of_the_look_ahead_gradient():
+    """The step's probe loss is read at theta' = theta - eta G (fresh optimizer: no momentum yet), G taken with
+    the guess differentiable (the reference) or stop-gradiented (--meta_stop_guess_gradient), rebuilt by hand."""
+    data, probe_losses = _batch(), {}
+    for stop in (False, True):
+        trainer = _trainer("ieg", meta_stop_guess_gradient=stop)
+        cfg, net = trainer.config, trainer.network
+        step = trainer.compute_gradients(data, trainer.step_seed())
+        y = tf.one_hot(data["label"], C)
+        with tf.GradientTape() as tape:
+            z, zs = net(data["weak"], training=True), net(data["strong"], training=True)
+            guess = losses.guess_label([z, zs], cfg.sharpen_temperature)
+            guess = tf.stop_gradient(guess) if stop else guess
+            target = cfg.grad_eps_init * y + (1 - cfg.grad_eps_init) * guess
+            look = tf.reduce_mean(_softmax_ce(target, z)) + losses.l2_penalty(net.trainable_variables,
+                                                                             cfg.weight_decay)
+        grads = tape.gradient(look, net.trainable_variables)
+        theta_prime = [p - cfg.meta_stepsize * g for p, g in zip(net.trainable_variables, grads)]
+        logits, _ = net.stateless_call(theta_prime, net.non_trainable_variables, data["probe_image"], training=True)
+        want = (tf.reduce_mean(_softmax_ce(tf.one_hot(data["probe_label"], C), logits))
+                + losses.l2_penalty(theta_prime, cfg.weight_decay))
+        probe_losses[stop] = float(step.logs["probe_loss"][0])
+        np.testing.assert_allclose(probe_losses[stop], float(want), rtol=1e-5, err_msg=f"stop={stop}")
+    assert abs(probe_losses[True] - probe_losses[False]) > 1e-4  # the flag changes the look-ahead
 
 
 def test_clean_threshold_split_keeps_given_labels_for_high_weight_examples():

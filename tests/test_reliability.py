@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -26,18 +27,32 @@ def _arrays(num_classes, n=60, seed=0, noise_ratio=0.5):
                                 noise_ratio=noise_ratio)
 
 
+def _checkpoint_tensors(path):
+    reader = tf.train.load_checkpoint(path)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+
+
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-    cfg = dataclasses.replace(TINY, model_dir=str(tmp_path), learning_rate=1e30, max_iteration=12)
-    with pytest.raises(train.NonFiniteLossError, match=r"at step \d+"):
-        train.run(cfg, TrainerConfig(method="supervised"), data=_arrays(4))
-    assert not os.path.exists(tmp_path / "results.json")
+    # 3 good steps end with a checkpoint; the resumed run's learning rate then blows the weights up.
+    good = dataclasses.replace(TINY, model_dir=str(tmp_path))
+    train.run(good, TrainerConfig(method="supervised"), data=_arrays(4))
+    results = (tmp_path / "results.json").read_text()
     latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
-    if latest is not None:  # whatever was saved before the blow-up is finite
-        reader = tf.train.load_checkpoint(latest)
-        for name in reader.get_variable_to_shape_map():
-            value = reader.get_tensor(name)
-            if isinstance(value, np.ndarray) and value.dtype.kind == "f":
-                assert np.all(np.isfinite(value)), name
+    assert latest is not None
+    saved = _checkpoint_tensors(latest)
+    with pytest.raises(train.NonFiniteLossError, match=r"at step \d+") as error:
+        train.run(dataclasses.replace(good, learning_rate=1e30, max_iteration=12), TrainerConfig(method="supervised"),
+                  data=_arrays(4))
+    assert int(re.search(r"at step (\d+)", str(error.value)).group(1)) > 3  # it resumed, then broke
+    # Nothing of the broken run was saved: the same checkpoint, unchanged and finite, and the old results.
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == latest
+    after = _checkpoint_tensors(latest)
+    assert set(after) == set(saved)
+    for name, value in after.items():
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            assert np.all(np.isfinite(value)), name
+            np.testing.assert_array_equal(value, saved[name], err_msg=name)
+    assert (tmp_path / "results.json").read_text() == results
 
 
 def test_checkpoint_of_another_network_or_class_count_is_refused(tmp_path):
@@ -94,14 +109,23 @@ def test_meta_step_is_finite_with_extreme_logits():
     assert np.all(np.isfinite(omega)) and np.all(np.isfinite(guess))
 
 
-def test_all_zero_omega_gives_a_finite_step():
-    trainer = IEGTrainer(tinydata.mlp(), 4, TrainerConfig(method="l2r"))
+@pytest.mark.parametrize("method", ["l2r", "ieg"])
+def test_all_zero_omega_gives_a_finite_step(method):
+    # Each training image is a probe image (one-hot inputs, a bias-free linear classifier at zero) with another
+    # label: up-weighting any example raises the probe loss, so every d L_probe / d omega_i is > 0 and every
+    # omega* is exactly 0, the case normalize_weights divides by its epsilon alone.
+    classes = 4
+    network = keras.Sequential([keras.Input((classes,)),
+                                keras.layers.Dense(classes, use_bias=False, kernel_initializer="zeros")])
+    trainer = IEGTrainer(network, classes, TrainerConfig(method=method))
     trainer.compile()
-    x, noisy, true, centers = tinydata.blobs(per_class=8)
-    batch = next(iter(tinydata.train_dataset(x, noisy, true, *tinydata.probe(centers), batch_size=16)))
-    # A probe labelled against every training label makes the weights of this batch all zero or near it;
-    # whatever the split, the step must stay finite.
-    batch = {**batch, "probe_label": (batch["probe_label"] + 1) % 4}
+    eye = tf.eye(classes)
+    batch = {"weak": eye, "strong": eye, "label": (tf.range(classes) + 1) % classes, "id": tf.range(classes),
+             "probe_image": eye, "probe_label": tf.range(classes)}
     step = trainer.compute_gradients(batch, trainer.step_seed())
-    assert np.all(np.isfinite(step.per_example[0]))
+    omega = step.per_example[0].numpy()
+    np.testing.assert_array_equal(omega, np.zeros(classes))
     assert all(np.all(np.isfinite(g)) for g in step.grads)
+    assert all(np.all(np.isfinite(v[0])) for v in step.logs.values())
+    if method == "l2r":  # its loss is sum(omega * CE) + L2 of a zero kernel: nothing to learn from this batch
+        assert all(np.all(g.numpy() == 0) for g in step.grads)

@@ -93,7 +93,7 @@ def test_sigkill_then_same_command_ends_with_the_uninterrupted_weights(reference
 def test_a_partial_checkpoint_left_by_a_crash_is_ignored(reference, tmp_path):
     state, source = reference
     model_dir = str(tmp_path)
-    _kill_when(model_dir, lambda d, t: "ckpt-6" in _checkpoints(d))
+    assert _kill_when(model_dir, lambda d, t: "ckpt-6" in _checkpoints(d)), "the run finished before the kill"
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     # A crash in the middle of writing the next save leaves data files that the index does not name.
     for suffix in (".index", ".data-00000-of-00001"):
