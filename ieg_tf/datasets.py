@@ -89,8 +89,9 @@ def load_dataset(spec):
       NoisyData.
 
     Raises:
-      ValueError: unknown data set or noise type, ratio outside [0, 1], missing or malformed data, a class with
-        fewer than probe_per_class + 1 training images, or a noise file of the wrong length.
+      ValueError: unknown data set or noise type, ratio outside [0, 1], missing or malformed data (images and
+        labels of different lengths, channels-first images, splits whose images differ in shape, an empty training
+        set), a class with fewer than probe_per_class + 1 training images, or a noise file of the wrong length.
     """
     _check_noise(spec.noise_type, spec.noise_ratio)
     raw = _read(spec)
@@ -126,7 +127,8 @@ def from_arrays(train_images, train_labels=None, test_images=None, test_labels=N
       NoisyData.
 
     Raises:
-      ValueError: malformed arrays, mismatched lengths, labels out of range, or a bad noise request.
+      ValueError: malformed arrays (e.g. channels-first), mismatched lengths, splits whose images differ in shape,
+        labels out of range, or a bad noise request.
     """
     _check_noise(noise_type, noise_ratio)
     if noise_type == "file":
@@ -142,12 +144,14 @@ def from_arrays(train_images, train_labels=None, test_images=None, test_labels=N
         if labels is not None and len(labels) != len(train_images):
             raise ValueError(f"{what} has {len(labels)} entries for {len(train_images)} training images")
     clean = None if true_labels is None else sources.check_labels(true_labels, "true_labels")
-    if num_classes is None:
+    inferred = num_classes is None
+    if inferred:
         label_sets = (given, clean, test_y, None if probe is None else probe[1])
         num_classes = int(max(np.max(y, initial=-1) for y in label_sets if y is not None)) + 1
     raw = sources.RawData(name, int(num_classes), class_names, train_images.shape[1:], train_images, given,
                           test_images, test_y, sources.augment_kind_for(train_images.shape[1]),
-                          *(probe if probe is not None else (None, None)))
+                          *(probe if probe is not None else (None, None)),
+                          num_classes_fix="pass num_classes to from_arrays" if inferred else None)
     if probe_per_class is None and probe is None:
         probe_per_class = 1
     spec = DataSpec(dataset=name, probe_per_class=probe_per_class, noise_type=noise_type, noise_ratio=noise_ratio,
@@ -200,8 +204,9 @@ def check_split(data, directory):
                          " use the seed, noise and data flags of the saved run, or a new run directory")
 
 
-def probe_split(labels, num_classes, per_class, seed):
-    """Chooses `per_class` examples of each class as probe, seeded.
+def probe_split(labels, num_classes, per_class, seed, hint=""):
+    """Chooses `per_class` examples of each class as probe, seeded. `hint` ends the error when the short class is
+    the last one (where num_classes was inferred, a stray label may have made it).
 
     Returns:
       (train indices ascending, probe indices in class-interleaved order c0, c1, ..., c0, c1, ...).
@@ -214,7 +219,8 @@ def probe_split(labels, num_classes, per_class, seed):
     if per_class >= counts.min():
         c = int(np.argmin(counts))
         raise ValueError(f"probe_per_class={per_class} is too large: class {c} has only {counts[c]} training "
-                         f"examples; the maximum is {counts.min() - 1} (one must stay for training)")
+                         f"examples; the maximum is {counts.min() - 1} (one must stay for training)"
+                         f"{hint if c == num_classes - 1 else ''}")
     probe = _pick_per_class(labels, num_classes, per_class, seed)
     return np.setdiff1d(np.arange(len(labels)), probe), probe
 
@@ -244,25 +250,23 @@ def _arrays(images, labels, what):
         return sources.dataset_to_arrays(images)
     if labels is None:
         raise ValueError(f"{what}_labels is required with {what}_images arrays")
-    images = sources.check_images(images, f"{what}_images")
-    labels = sources.check_labels(labels, f"{what}_labels")
-    if len(labels) != len(images):
-        raise ValueError(f"{what}_labels has {len(labels)} entries for {len(images)} {what}_images")
-    return images, labels
+    return sources.check_examples(images, labels, what)
 
 
 def _build(raw, spec, given, trusted, true_known):
     """Probe split from `trusted`, then noise on `given` (labels of the original training set)."""
-    _check_classes(raw, trusted)
+    _check_shapes(raw)
+    hint = _inferred_classes_hint(raw)
+    _check_classes(raw, trusted, hint)
     if spec.probe_per_class is not None and spec.probe_per_class < 0:
         raise ValueError(f"probe_per_class must be >= 0, got {spec.probe_per_class}")
     if raw.probe_images is None:
         if spec.probe_per_class is None:
             raise ValueError("probe_per_class=None (every probe image) needs a separate probe set; give a number")
-        train_idx, probe_idx = probe_split(trusted, raw.num_classes, spec.probe_per_class, spec.seed)
+        train_idx, probe_idx = probe_split(trusted, raw.num_classes, spec.probe_per_class, spec.seed, hint)
         probe_images, probe_labels, probe_ids = raw.train_images[probe_idx], trusted[probe_idx], probe_idx
     else:
-        train_idx, probe_idx = np.arange(len(given)), _separate_probe(raw, spec.probe_per_class, spec.seed)
+        train_idx, probe_idx = np.arange(len(given)), _separate_probe(raw, spec.probe_per_class, spec.seed, hint)
         probe_images, probe_labels = raw.probe_images[probe_idx], raw.probe_labels[probe_idx]
         probe_ids = np.full(len(probe_idx), -1, np.int64)
     noisy = _corrupt(raw, spec, given, train_idx)
@@ -300,25 +304,56 @@ def _corrupt(raw, spec, given, train_idx):
     return noise.inject(spec.noise_type, kept, raw.num_classes, spec.noise_ratio, spec.seed, raw.name)
 
 
-def _separate_probe(raw, per_class, seed):
+def _separate_probe(raw, per_class, seed, hint=""):
     counts = np.bincount(raw.probe_labels, minlength=raw.num_classes)
     if counts.min() == 0 or (per_class is not None and per_class > counts.min()):
         c = int(np.argmin(counts))
         raise ValueError(f"the probe set has {counts[c]} images of class {c} but probe_per_class={per_class} "
-                         f"needs at least {max(per_class or 1, 1)} of every class")
+                         f"needs at least {max(per_class or 1, 1)} of every class"
+                         f"{hint if c == raw.num_classes - 1 else ''}")
     return _pick_per_class(raw.probe_labels, raw.num_classes, per_class, seed)
 
 
-def _check_classes(raw, trusted):
+def _inferred_classes_hint(raw):
+    """The end of a class-count error when num_classes was taken from the labels ("" when it was given)."""
+    if not raw.num_classes_fix:
+        return ""
+    return (f"; the class count was taken as max(label)+1 = {raw.num_classes} from the labels, so a stray label out "
+            f"of range would cause this: correct the labels or {raw.num_classes_fix}")
+
+
+def _check_shapes(raw):
+    """In-memory splits must share the training images' [H, W, C] (file paths are decoded and cropped later)."""
+    if raw.train_images.dtype.kind == "U":
+        return
+    shapes = {what: "x".join(str(d) for d in images.shape[1:]) for what, images in
+              (("train", raw.train_images), ("test", raw.test_images), ("probe", raw.probe_images))
+              if images is not None}
+    differ = [what for what, shape in shapes.items() if shape != shapes["train"]]
+    if differ:
+        raise ValueError(f"{raw.name}: the splits' images differ in shape (HxWxC: "
+                         f"{', '.join(f'{what} {shape}' for what, shape in shapes.items())}); resize / convert the "
+                         f"{' and '.join(differ)} images to {shapes['train']} so all splits match (tf.image.resize for "
+                         "the size, np.repeat(images, 3, -1) or tf.image.rgb_to_grayscale for the channels)")
+
+
+def _check_classes(raw, trusted, hint=""):
+    if len(raw.train_labels) == 0:
+        raise ValueError(f"{raw.name}: the training set is empty (0 train_images); give at least one training image "
+                         "of every class")
     for what, labels in (("training", raw.train_labels), ("true", trusted), ("test", raw.test_labels),
                          ("probe", raw.probe_labels)):
         if labels is not None:
-            sources.check_labels(labels, f"{raw.name} {what} labels", raw.num_classes)
+            try:
+                sources.check_labels(labels, f"{raw.name} {what} labels", raw.num_classes)
+            except ValueError as e:
+                raise ValueError(f"{e}{hint}") from None
     counts = np.bincount(trusted, minlength=raw.num_classes)
     if counts.min() == 0:
         empty = np.flatnonzero(counts == 0)[:5].tolist()
         raise ValueError(f"{raw.name}: class(es) {empty} have no training examples; class ids must be 0.."
-                         f"{raw.num_classes - 1} with every class present (set num_classes to match the data)")
+                         f"{raw.num_classes - 1} with every class present"
+                         f"{hint or ' (set num_classes to match the data)'}")
     if len(raw.test_labels) == 0:
         raise ValueError(f"{raw.name}: the test set is empty")
 
@@ -346,5 +381,6 @@ def _read(spec):
             if part is not None:
                 sources.check_labels(part[1], f"{getattr(spec, what)} (num_classes={c})", c)
         name = os.path.splitext(os.path.basename(spec.train_list))[0]
-        return image_files.image_dataset(name, train, test, c, None, spec.image_size, probe, spec.skip_bad_images)
+        raw = image_files.image_dataset(name, train, test, c, None, spec.image_size, probe, spec.skip_bad_images)
+        return dataclasses.replace(raw, num_classes_fix=None if spec.num_classes else "set DataSpec.num_classes")
     raise ValueError(f"unknown dataset {spec.dataset!r}; choose one of {', '.join(DATASETS)}")

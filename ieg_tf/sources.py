@@ -38,6 +38,7 @@ class RawData:
     augment_kind: str
     probe_images: np.ndarray | None = None  # a separate trusted set (e.g. ImageNet probe for WebVision)
     probe_labels: np.ndarray | None = None
+    num_classes_fix: str | None = None  # set when num_classes was taken as max(label) + 1: how to give it instead
 
 
 def check_labels(labels, what, num_classes=None):
@@ -64,7 +65,23 @@ def check_images(images, what):
         images = images[..., None]
     if images.ndim != 4:
         raise ValueError(f"{what}: images must be [N, H, W, C], got shape {images.shape}")
+    if images.shape[-1] not in (1, 3):
+        first = images.shape[1] in (1, 3)
+        hint = "; they look channels-first: np.transpose(images, (0, 2, 3, 1)) fixes that" if first else ""
+        raise ValueError(f"{what}: images must be [N, H, W, C] channels-last with C = 1 or 3, got shape "
+                         f"{images.shape}{hint}")
     return images
+
+
+def check_examples(images, labels, what, source=None):
+    """(uint8 images [N, H, W, C], int32 labels [N]) of the `what` split ("train", "test", "probe") after
+    `check_images`, `check_labels` and a check that there is one label per image; source names the file, if any."""
+    name = f"{source} {what}" if source else what
+    images = check_images(images, f"{name}_images")
+    labels = check_labels(labels, f"{name}_labels")
+    if len(labels) != len(images):
+        raise ValueError(f"{name}_labels has {len(labels)} entries for {len(images)} {what}_images")
+    return images, labels
 
 
 def stratified_split(labels, fraction, rng):
@@ -200,7 +217,10 @@ def _original_order(ids):
 
 
 def read_npz(path, num_classes=None):
-    """An .npz with train_images, train_labels, test_images, test_labels [, probe_images, probe_labels]."""
+    """An .npz with train_images, train_labels, test_images, test_labels [, probe_images, probe_labels].
+
+    num_classes=None takes max(training label) + 1.
+    """
     if not path or not os.path.exists(path):
         raise ValueError(f"arrays data set: file {path!r} not found; pass --array_file=data.npz")
     with np.load(path) as f:
@@ -209,14 +229,13 @@ def read_npz(path, num_classes=None):
     missing = [k for k in required + (["probe_labels"] if "probe_images" in arrays else []) if k not in arrays]
     if missing:
         raise ValueError(f"{path} lacks arrays {missing}")
-    train_x = check_images(arrays["train_images"], path)
-    train_y = check_labels(arrays["train_labels"], path)
+    split = {what: check_examples(arrays[f"{what}_images"], arrays[f"{what}_labels"], what, path)
+             for what in ("train", "test", "probe") if f"{what}_images" in arrays}
+    train_x, train_y = split["train"]
     c = num_classes or int(train_y.max(initial=0)) + 1
-    probe = arrays.get("probe_images")
     return RawData(os.path.splitext(os.path.basename(path))[0], c, None, train_x.shape[1:], train_x, train_y,
-                   check_images(arrays["test_images"], path), check_labels(arrays["test_labels"], path),
-                   augment_kind_for(train_x.shape[1]), None if probe is None else check_images(probe, path),
-                   None if probe is None else check_labels(arrays["probe_labels"], path))
+                   *split["test"], augment_kind_for(train_x.shape[1]), *split.get("probe", (None, None)),
+                   None if num_classes else "set DataSpec.num_classes")
 
 
 def dataset_to_arrays(ds):

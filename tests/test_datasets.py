@@ -361,3 +361,68 @@ def test_npz_arrays_dataset(tmp_path):
                                           noise_type="uniform", noise_ratio=0.3))
     assert data.name == "mine" and data.num_classes == 3 and data.image_shape == (5, 5, 3)
     assert len(data.train_labels) == 57 and data.train_true_labels is not None
+
+
+def _save_npz(path, **arrays):
+    """An .npz for --dataset=arrays: 60 train and 9 test images of _arrays, any array replaced by `arrays`."""
+    x, y = _arrays()
+    defaults = {"train_images": x, "train_labels": y, "test_images": x[:9], "test_labels": y[:9]}
+    np.savez(str(path), **{**defaults, **arrays})
+    return DataSpec(dataset="arrays", array_file=str(path), noise_type="none")
+
+
+@pytest.mark.parametrize("split", ["train", "test", "probe"])
+def test_npz_labels_must_match_images_in_number(tmp_path, split):
+    x, y = _arrays()
+    spec = _save_npz(tmp_path / "short.npz", **{f"{split}_images": x[:9], f"{split}_labels": y[:6]})
+    with pytest.raises(ValueError, match=f"short.npz {split}_labels has 6 entries for 9 {split}_images"):
+        datasets.load_dataset(spec)
+
+
+@pytest.mark.parametrize("split, shape, listed", [
+    ("test", (9, 10, 10, 3), "train 5x5x3, test 10x10x3"),
+    ("probe", (9, 5, 5, 1), "train 5x5x3, test 5x5x3, probe 5x5x1")])
+def test_splits_with_different_image_shapes_are_refused_at_load(tmp_path, split, shape, listed):
+    x, y = _arrays()
+    other = {f"{split}_images": np.zeros(shape, np.uint8), f"{split}_labels": y[:9]}
+    match = rf"differ in shape \(HxWxC: {listed}\); resize / convert the {split} images to 5x5x3 so all splits match"
+    with pytest.raises(ValueError, match=match):
+        datasets.load_dataset(_save_npz(tmp_path / "mixed.npz", **other))
+    with pytest.raises(ValueError, match=match):
+        datasets.from_arrays(**{"train_images": x, "train_labels": y, "test_images": x[:9], "test_labels": y[:9],
+                                **other})
+
+
+def test_channels_first_images_are_refused_with_the_transpose(tmp_path):
+    x, y = _arrays()
+    nchw = x.transpose(0, 3, 1, 2).copy()  # (60, 3, 5, 5)
+    fix = r"channels-last with C = 1 or 3, got shape \(60, 3, 5, 5\); they look channels-first: np.transpose"
+    with pytest.raises(ValueError, match="train_images: images must be .N, H, W, C. " + fix):
+        datasets.from_arrays(nchw, y, x[:9], y[:9])
+    with pytest.raises(ValueError, match="nchw.npz train_images: images must be .N, H, W, C. " + fix):
+        datasets.load_dataset(_save_npz(tmp_path / "nchw.npz", train_images=nchw))
+    with pytest.raises(ValueError, match=r"C = 1 or 3, got shape \(60, 5, 5, 4\)$"):  # RGBA: no transpose hint
+        datasets.from_arrays(np.zeros((60, 5, 5, 4), np.uint8), y, x[:9], y[:9])
+
+
+def test_empty_npz_training_set_says_so(tmp_path):
+    x, y = _arrays()
+    with pytest.raises(ValueError, match="empty: the training set is empty"):
+        datasets.load_dataset(_save_npz(tmp_path / "empty.npz", train_images=x[:0], train_labels=y[:0]))
+
+
+def test_stray_label_errors_say_the_class_count_was_inferred(tmp_path):
+    x, y = _arrays()  # classes 0..2
+    stray = y.copy()
+    stray[4] = 3
+    inferred = r"the class count was taken as max\(label\)\+1 = 4 from the labels, so a stray label out of range"
+    with pytest.raises(ValueError, match=f"class 3 has only 1 training examples.*{inferred}.*correct the labels or "
+                                         "set DataSpec.num_classes"):
+        datasets.load_dataset(_save_npz(tmp_path / "stray.npz", train_labels=stray))
+    with pytest.raises(ValueError, match=f"the probe set has 0 images of class 3.*{inferred}.*correct the labels or "
+                                         "pass num_classes to from_arrays"):
+        datasets.from_arrays(x, stray, x[:9], y[:9], probe_images=x[:6], probe_labels=y[:6])
+    with pytest.raises(ValueError, match="label 3 is out of range; class ids must be 0..2$"):  # given: no guess
+        datasets.from_arrays(x, stray, x[:9], y[:9], probe_images=x[:6], probe_labels=y[:6], num_classes=3)
+    with pytest.raises(ValueError, match=r"class 0 has only 20 training examples; .* for training\)$"):
+        datasets.load_dataset(DataSpec(**{**_save_npz(tmp_path / "ok.npz").__dict__, "probe_per_class": 20}))
