@@ -15,6 +15,8 @@ import numbers
 
 import tensorflow as tf
 
+from ieg_tf import model
+
 SIGNATURE = "serving_default"
 
 
@@ -39,7 +41,8 @@ def export_serving(trainer, export_dir, *, image_shape, input_dtype=tf.uint8):
       {"probabilities": float32 [None, C]}.
 
     Raises:
-      ValueError: an input dtype other than uint8/float32, or an image shape the network does not accept.
+      ValueError: an input dtype other than uint8/float32, an image shape the network does not accept, or
+        weights that are NaN or Inf.
     """
     dtype = tf.as_dtype(input_dtype)
     if dtype not in (tf.uint8, tf.float32):
@@ -51,6 +54,7 @@ def export_serving(trainer, export_dir, *, image_shape, input_dtype=tf.uint8):
         raise ValueError(f"the trainer has {len(trainer.ema_weights)} EMA values for "
                          f"{len(network.trainable_variables)} trainable variables; rebuild the trainer around "
                          "this network")
+    model.check_finite_weights([*trainer.ema_weights, *network.non_trainable_variables])
     module = tf.Module()
     # Copies, not references: the SavedModel must not capture (and so must not depend on) the live variables.
     module.ema = [tf.Variable(v.numpy(), trainable=False, name=f"ema_{i}")

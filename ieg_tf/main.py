@@ -37,7 +37,8 @@ flags.DEFINE_string("image_root", None, "dataset=list: directory the list paths 
 flags.DEFINE_integer("image_size", None, "folder/list: resize to this size (<= 64 decoded at load).",
                      lower_bound=1)
 flags.DEFINE_bool("skip_bad_images", False, "folder/list: skip unreadable images (counted) instead of stopping.")
-flags.DEFINE_string("array_file", None, "dataset=arrays: .npz with x_train, y_train, x_test, y_test.")
+flags.DEFINE_string("array_file", None, "dataset=arrays: .npz with train_images, train_labels, test_images, "
+                    "test_labels [, probe_images, probe_labels]; images uint8 [N, H, W, C].")
 
 # Method and its constants (SPEC 1.0).
 flags.DEFINE_enum("method", "ieg", METHODS, "Training method.")
@@ -162,6 +163,10 @@ def main(argv):
         # Bad input is reported in one line naming the problem and the fix, without a TensorFlow stack trace.
         print(f"ieg_tf: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("ieg_tf: interrupted; run the same command again to resume from the last checkpoint in "
+              f"{FLAGS.model_dir}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

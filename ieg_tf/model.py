@@ -10,9 +10,11 @@ One step (SPEC 1.1-1.8), per replica:
 Methods `l2r` and `supervised` share the same inputs, optimizer, EMA and evaluation.
 """
 
+import math
 import typing
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ieg_tf import losses, meta, mixup, random_ops
@@ -64,6 +66,7 @@ class IEGTrainer(keras.Model):
         super().__init__(**kwargs)
         if not network.built:
             raise ValueError("the network is not built: give it a keras.Input or call it once on a batch first")
+        check_logits_network(network, num_classes)
         self.network = network
         self.num_classes = int(num_classes)
         self.config = config
@@ -392,6 +395,21 @@ class IEGTrainer(keras.Model):
         images = data[0] if isinstance(data, (tuple, list)) else data
         return tf.nn.softmax(self.ema_logits(images))
 
+    def fit(self, *args, callbacks=None, shuffle=False, **kwargs):
+        """Keras `fit`, stopped by `NonFiniteLossError` at the first NaN or Inf training loss (a
+        `StopOnNonFiniteLoss` is added unless `callbacks` has one). `shuffle` defaults to False: the training
+        data are a `tf.data` pipeline that shuffles itself (`ieg_tf.pipeline.train_dataset`)."""
+        if not isinstance(callbacks, keras.callbacks.CallbackList):
+            callbacks = list(callbacks or [])
+            if not any(isinstance(c, StopOnNonFiniteLoss) for c in callbacks):
+                callbacks.append(StopOnNonFiniteLoss())
+        return super().fit(*args, callbacks=callbacks, shuffle=shuffle, **kwargs)
+
+    def check_finite(self):
+        """Raises ValueError if a weight (network or EMA) is NaN or Inf: what a diverged training leaves, which
+        no report or export should read."""
+        check_finite_weights([*self.network.weights, *self.ema_weights])
+
     def compile(self, optimizer=None, **kwargs):
         """Keras `compile`; the default optimizer is the reference's TF1 momentum at a constant 0.1.
 
@@ -400,6 +418,57 @@ class IEGTrainer(keras.Model):
         """
         super().compile(optimizer=optimizer if optimizer is not None else TF1Momentum(0.1), **kwargs)
         self.optimizer.build(self.network.trainable_variables)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raises NonFiniteLossError at the end of the first training batch whose loss is NaN or Inf; `hint` ends the
+    message (what to do)."""
+
+    def __init__(self, hint="lower the learning rate (compile(optimizer=ieg_tf.optim.TF1Momentum(0.01))) or check "
+                            "the input data"):
+        super().__init__()
+        self.hint = hint
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            step = int(self.model.optimizer.iterations.numpy())
+            raise NonFiniteLossError(f"the training loss became {loss} at step {step}; {self.hint}")
+
+
+def check_finite_weights(variables):
+    """Raises ValueError naming the first of `variables` that holds NaN or Inf (a diverged training)."""
+    for variable in variables:
+        if not np.all(np.isfinite(variable.numpy())):
+            raise ValueError(f"the weight {variable.path} holds NaN or Inf: the training diverged. Train again with "
+                             "a lower learning rate (compile(optimizer=ieg_tf.optim.TF1Momentum(0.01)), or "
+                             "--learning_rate) or check the input data")
+
+
+def check_logits_network(network, num_classes):
+    """Raises ValueError unless the network ends in `num_classes` logits: its output size (where Keras knows it)
+    must be the class count, and its last layer must not apply softmax or sigmoid (the losses apply softmax)."""
+    outputs = getattr(network, "outputs", None)
+    if outputs:
+        if len(outputs) != 1:
+            raise ValueError(f"the network has {len(outputs)} outputs; IEGTrainer needs one, the class logits")
+        size = outputs[0].shape[-1]
+        if size is not None and size != int(num_classes):
+            raise ValueError(f"the network outputs {size} values per image but there are {num_classes} classes: "
+                             f"end it with keras.layers.Dense({num_classes}) (no activation)")
+    layer = network
+    while getattr(layer, "layers", None):
+        layer = layer.layers[-1]
+    activation = "softmax" if isinstance(layer, keras.layers.Softmax) else getattr(
+        getattr(layer, "activation", None), "__name__", None)
+    if activation in ("softmax", "sigmoid", "log_softmax"):
+        raise ValueError(f"the network's last layer ({layer.name}) applies {activation}, but IEGTrainer needs "
+                         f"logits (its losses apply softmax themselves): drop the activation, e.g. keras.layers."
+                         f"Dense({num_classes}) instead of Dense({num_classes}, activation='{activation}')")
 
 
 def _global_results(metrics):

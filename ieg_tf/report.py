@@ -152,12 +152,14 @@ def report_for(trainer, data, batch_size=256, *, omega_threshold=None, pseudo_th
       LabelIssues with `id` = data.train_ids.
 
     Raises:
-      ValueError: the trainer keeps no statistics or counts a different number of examples, or predictions are
-        needed but the training images are not uint8 arrays.
+      ValueError: the trainer keeps no statistics or counts a different number of examples, its weights are
+        not finite (a diverged training), or predictions are needed but the training images are not uint8
+        arrays.
     """
     if trainer.example_stats is None:
         raise ValueError("the trainer keeps no per-example statistics: build IEGTrainer with "
                          "num_train_examples=len(data.train_labels)")
+    trainer.check_finite()
     n = len(data.train_labels)
     if trainer.example_stats.num_examples != n:
         raise ValueError(f"the trainer counts {trainer.example_stats.num_examples} examples but the data have {n} "
@@ -178,6 +180,7 @@ def ema_probabilities(trainer, images, batch_size=256):
                          "file-path data sets compute EMA probabilities yourself and call label_issues(predicted=)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    trainer.check_finite()
 
     @tf.function(input_signature=[tf.TensorSpec([None, *images.shape[1:]], tf.uint8)])
     def predict(batch):

@@ -7,7 +7,6 @@ resumes from the last checkpoint.
 
 import dataclasses
 import json
-import math
 import os
 import time
 
@@ -15,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ieg_tf import checkpoints, datasets, distribute, export, networks, optim, pipeline, plots, report
+from ieg_tf import checkpoints, datasets, distribute, export, model, networks, optim, pipeline, plots, report
 from ieg_tf.config import RunConfig, TrainerConfig
 from ieg_tf.model import IEGTrainer
 
@@ -42,26 +41,21 @@ def default_consistency_factor(dataset):
     return DATASET_DEFAULTS.get(dataset, {}).get("consistency_factor", TrainerConfig.consistency_factor)
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or Inf; training stops without saving the broken weights."""
+NonFiniteLossError = model.NonFiniteLossError  # training stops without saving the broken weights
 
 
-class _Guard(keras.callbacks.Callback):
+class _Guard(model.StopOnNonFiniteLoss):
     """Stops at max_iteration, refuses non-finite losses, and accumulates wall time across resumed sessions."""
 
     def __init__(self, max_iteration, model_dir, seconds_before):
-        super().__init__()
-        self.max_iteration, self.model_dir = max_iteration, model_dir
+        super().__init__(f"nothing after the last checkpoint in {model_dir} was saved. Lower --learning_rate or "
+                         "check the input data, then run again")
+        self.max_iteration = max_iteration
         self.start, self.seconds_before = time.time(), seconds_before
 
     def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        loss = float((logs or {}).get("loss", 0.0))
-        if not math.isfinite(loss):
-            raise NonFiniteLossError(
-                f"the training loss became {loss} at step {step}; nothing after the last checkpoint in "
-                f"{self.model_dir} was saved. Lower --learning_rate or check the input data, then run again")
-        if step >= self.max_iteration:
+        super().on_train_batch_end(batch, logs)
+        if int(self.model.optimizer.iterations.numpy()) >= self.max_iteration:
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):

@@ -92,3 +92,11 @@ def test_scale_images_maps_0_255_to_minus_one_one():
 def test_bad_arguments_raise_value_error(trained, tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         export_serving(trained[0], str(tmp_path / "bad"), **kwargs)
+
+
+def test_weights_that_are_not_finite_are_not_exported(tmp_path):
+    trainer = IEGTrainer(_net(), C, TrainerConfig(method="supervised"))
+    trainer.ema_weights[0].assign(np.full(trainer.ema_weights[0].shape, np.nan, np.float32))
+    with pytest.raises(ValueError, match="holds NaN or Inf: the training diverged"):
+        export_serving(trainer, str(tmp_path / "nan"), image_shape=SHAPE)
+    assert not (tmp_path / "nan").exists()

@@ -8,8 +8,9 @@ from ieg_tf import example_stats, plots
 from ieg_tf.config import TrainerConfig
 from ieg_tf.datasets import NoisyData
 from ieg_tf.model import IEGTrainer
-from ieg_tf.report import (COLUMNS, confusion_on_test_set, label_issues, per_class_accuracy, read_confusion_csv,
-                           read_label_issues_csv, report_for, write_confusion_csv, write_label_issues_csv)
+from ieg_tf.report import (COLUMNS, confusion_on_test_set, ema_probabilities, label_issues, per_class_accuracy,
+                           read_confusion_csv, read_label_issues_csv, report_for, write_confusion_csv,
+                           write_label_issues_csv)
 
 C = 3
 # Hand-made statistics of 7 examples; the comment says what the flag rule must conclude and why.
@@ -227,6 +228,13 @@ def test_report_for_rejects_a_trainer_without_matching_statistics():
         report_for(_trainer(num_train_examples=None), _data())
     with pytest.raises(ValueError, match="counts 7 examples"):
         report_for(_trainer(num_train_examples=7), _data())
+    diverged = _trainer()
+    diverged.network.trainable_variables[0].assign(np.full(diverged.network.trainable_variables[0].shape, np.inf,
+                                                            np.float32))
+    with pytest.raises(ValueError, match="holds NaN or Inf: the training diverged"):
+        report_for(diverged, _data())
+    with pytest.raises(ValueError, match="holds NaN or Inf"):  # the test-set confusion's predictions too
+        ema_probabilities(diverged, _data().train_images)
 
 
 # ---------------------------------------------------------------- plots

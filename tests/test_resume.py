@@ -45,16 +45,19 @@ def _assert_same(a, b):
         np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def _kill_when(model_dir, ready):
-    """Starts the run, waits until ready(checkpoint dir) holds (or a delay passes), then SIGKILLs it."""
+def _kill_when(model_dir, ready, sig=signal.SIGKILL, output=None):
+    """Starts the run, waits until ready(checkpoint dir) holds (or a delay passes), then sends it `sig` (SIGKILL).
+    Returns whether the run was still running then; with `output` (a dict), also its return code and stderr."""
     process = subprocess.Popen(_command(model_dir), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                               stderr=subprocess.PIPE if output is not None else subprocess.DEVNULL, text=True)
     start = time.time()
     while process.poll() is None and not ready(os.path.join(model_dir, "checkpoints"), time.time() - start):
         time.sleep(0.05)
     killed = process.poll() is None
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=120)
+    if output is not None:
+        output.update(returncode=process.returncode, stderr=stderr)
     return killed
 
 
@@ -119,3 +122,15 @@ def test_same_seed_same_run_other_seed_different_run(reference, tmp_path):
                               np.load(os.path.join(other, "split", "probe_ids.npy")))
     different = _final_state(other)
     assert any(not np.allclose(state[n], different[n]) for n in state if "kernel" in n)
+
+
+def test_ctrl_c_says_how_to_resume_without_a_traceback_and_the_same_command_resumes(reference, tmp_path):
+    state, _ = reference
+    model_dir, output = str(tmp_path), {}
+    assert _kill_when(model_dir, lambda d, t: "ckpt-6" in _checkpoints(d), signal.SIGINT, output)
+    assert output["returncode"] == 130, output["stderr"][-3000:]
+    assert "Traceback" not in output["stderr"]
+    assert output["stderr"].strip().splitlines()[-1] == (
+        f"ieg_tf: interrupted; run the same command again to resume from the last checkpoint in {model_dir}")
+    _run(model_dir)
+    _assert_same(state, _final_state(model_dir))

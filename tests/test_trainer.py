@@ -93,6 +93,42 @@ def test_unbuilt_network_and_bad_config_are_rejected():
         TrainerConfig(grad_eps_init=1.0)
 
 
+def test_a_network_that_does_not_end_in_class_logits_is_rejected():
+    import keras
+
+    def net(outputs, activation=None, softmax_layer=False):
+        inputs = keras.Input((5,))
+        x = keras.layers.Dense(outputs, activation=activation)(keras.layers.Dense(8, activation="relu")(inputs))
+        return keras.Model(inputs, keras.layers.Softmax()(x) if softmax_layer else x)
+
+    IEGTrainer(net(4), 4)  # logits of 4 classes
+    IEGTrainer(keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="relu"),
+                                 keras.layers.Dense(4)]), 4)
+    with pytest.raises(ValueError, match=r"outputs 3 values per image but there are 4 classes.*Dense\(4\)"):
+        IEGTrainer(net(3), 4)
+    with pytest.raises(ValueError, match="outputs 4 values per image but there are 5 classes"):
+        IEGTrainer(net(4), 5)
+    for kwargs in ({"activation": "softmax"}, {"softmax_layer": True}, {"activation": "sigmoid"}):
+        with pytest.raises(ValueError, match="IEGTrainer needs logits"):
+            IEGTrainer(net(4, **kwargs), 4)
+    with pytest.raises(ValueError, match="applies softmax"):
+        IEGTrainer(keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="softmax")]), 4)
+
+
+def test_fit_stops_at_the_first_non_finite_loss_and_reports_refuse_broken_weights():
+    from ieg_tf import model
+    x, noisy, true, centers = tinydata.blobs(per_class=16)
+    px, py = tinydata.probe(centers)
+    trainer = IEGTrainer(tinydata.mlp(), 4, TrainerConfig(method="supervised"), num_train_examples=len(x))
+    trainer.compile(optimizer=optim.TF1Momentum(1e30), jit_compile=False)
+    with pytest.raises(model.NonFiniteLossError, match=r"at step \d+; lower the learning rate"):
+        trainer.fit(tinydata.train_dataset(x, noisy, true, px, py, batch_size=16), steps_per_epoch=20, epochs=1,
+                    verbose=0)
+    assert trainer.optimizer.iterations.numpy() < 20  # stopped at the blow-up, not at the end of the epoch
+    with pytest.raises(ValueError, match="holds NaN or Inf: the training diverged"):
+        trainer.check_finite()
+
+
 def test_schedule_and_optimizer_state_are_variables_for_checkpoints():
     trainer, _ = _fit("ieg", steps=4)
     trainer.compile(optimizer=optim.TF1Momentum(0.1))
