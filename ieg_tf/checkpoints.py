@@ -59,6 +59,11 @@ class RunCheckpoint:
     def _check_compatible(self, path):
         saved = {name.split("/.ATTRIBUTES")[0]: shape for name, shape in tf.train.list_variables(path)
                  if name.endswith(".ATTRIBUTES/VARIABLE_VALUE")}
+        extra = sorted(set(saved) - set(self.variables) - {"save_counter"})
+        if extra:
+            raise ValueError(f"the checkpoint {path} holds {len(extra)} variable(s) this run does not have (e.g. "
+                             f"{extra[0]}): it was written by a different network or method (or meta_every > 1 "
+                             "against 1); use a new --model_dir (or the flags of the run that wrote it)")
         for name, variable in self.variables.items():
             if name not in saved:
                 raise ValueError(f"the checkpoint {path} has no variable {name}: it was written by a different network "

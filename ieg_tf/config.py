@@ -125,7 +125,10 @@ class RunConfig:
       epochs: total epochs when max_iteration is None [max_epoch].
       eval_freq: steps between evaluations and checkpoints; None = one epoch [eval_freq].
       learning_rate, lr_schedule, decay_steps, decay_rate, t_mul, m_mul, warmup_epochs, momentum: the optimizer
-        and its schedule (ieg_tf.optim.make_schedule); decay_steps None = one epoch.
+        and its schedule (ieg_tf.optim.make_schedule); decay_steps None = one epoch; warmup_epochs in epochs of
+        len(train) // batch_size steps.
+      lr_boundaries: the steps after which `custom_step` multiplies the rate by decay_rate (ascending; required
+        by custom_step, which the reference reads from its decay_steps list).
       aug_type: strong augmentation policy, "autoaug" or "randaug".
       probe_affine: (degrees, shear, scale): a random affine of the probe images before their weak view; None or
         zeros = none, the reference (this project's option, ieg_tf.augment).
@@ -150,6 +153,7 @@ class RunConfig:
     lr_schedule: str = "cosine"
     decay_steps: int | None = None
     decay_rate: float = 0.1
+    lr_boundaries: tuple[int, ...] = ()
     t_mul: float = 1.5
     m_mul: float = 0.9
     warmup_epochs: float = 0.0
@@ -175,6 +179,17 @@ class RunConfig:
                 raise ValueError(f"{name} must be >= 1 (or unset), got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        try:
+            boundaries = tuple(int(str(b).strip()) for b in self.lr_boundaries)
+        except ValueError:
+            boundaries = None
+        if boundaries is None or list(boundaries) != sorted(set(boundaries)) or any(b < 1 for b in boundaries):
+            raise ValueError(f"lr_boundaries must be ascending steps >= 1, got {list(self.lr_boundaries)}")
+        if (self.lr_schedule == "custom_step") != bool(boundaries):
+            raise ValueError("lr_schedule=custom_step needs lr_boundaries (the steps where the rate is multiplied "
+                             "by decay_rate), e.g. --lr_boundaries=80000,120000; other schedules take none, got "
+                             f"lr_schedule={self.lr_schedule} and lr_boundaries={list(boundaries)}")
+        object.__setattr__(self, "lr_boundaries", boundaries)
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy '{self.strategy}'; choose one of: {', '.join(STRATEGIES)}")
         if self.aug_type not in ("autoaug", "randaug"):

@@ -86,10 +86,13 @@ flags.DEFINE_float("learning_rate", 0.1, "Base learning rate.", lower_bound=0.0)
 flags.DEFINE_enum("lr_schedule", "cosine", optim.SCHEDULES, "Learning-rate schedule (cosine = SGDR).")
 flags.DEFINE_integer("decay_steps", None, "First SGDR cycle / decay period in steps (default: one epoch).",
                      lower_bound=1)
-flags.DEFINE_float("decay_rate", 0.1, "custom_step decay factor.", lower_bound=0.0)
+flags.DEFINE_float("decay_rate", 0.1, "custom_step: the factor applied at each of --lr_boundaries.", lower_bound=0.0)
+flags.DEFINE_list("lr_boundaries", [], "custom_step: ascending steps after which the rate is multiplied by "
+                  "--decay_rate (required by custom_step).")
 flags.DEFINE_float("cos_t_mul", 1.5, "SGDR period multiplier.", lower_bound=1.0)
 flags.DEFINE_float("cos_m_mul", 0.9, "SGDR peak multiplier.", lower_bound=0.0)
-flags.DEFINE_float("warmup_epochs", 0.0, "cosine_warmup: linear warm-up length in epochs.", lower_bound=0.0)
+flags.DEFINE_float("warmup_epochs", 0.0, "cosine_warmup: linear warm-up length in epochs (of train // batch "
+                   "steps).", lower_bound=0.0)
 flags.DEFINE_float("momentum", 0.9, "Optimizer momentum (TF1 semantics).", lower_bound=0.0, upper_bound=0.999)
 flags.DEFINE_enum("aug_type", "autoaug", ["autoaug", "randaug"], "Strong augmentation policy.")
 flags.DEFINE_list("probe_affine", None, "DEGREES,SHEAR,SCALE: a random rotation, x-shear and per-axis scale of "
@@ -140,7 +143,8 @@ def configs_from_flags():
     run_cfg = RunConfig(
         model_dir=f.model_dir, network=f.network, batch_size=f.batch_size, max_iteration=f.max_iteration,
         epochs=f.epochs, eval_freq=f.eval_freq, learning_rate=f.learning_rate, lr_schedule=f.lr_schedule,
-        decay_steps=f.decay_steps, decay_rate=f.decay_rate, t_mul=f.cos_t_mul, m_mul=f.cos_m_mul,
+        decay_steps=f.decay_steps, decay_rate=f.decay_rate, lr_boundaries=tuple(f.lr_boundaries),
+        t_mul=f.cos_t_mul, m_mul=f.cos_m_mul,
         warmup_epochs=f.warmup_epochs, momentum=f.momentum, aug_type=f.aug_type, probe_affine=f.probe_affine,
         val_batch_size=f.val_batch_size,
         strategy=f.strategy, tpu=f.tpu, jit_compile={"auto": None, "true": True, "false": False}[f.jit_compile],

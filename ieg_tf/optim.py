@@ -74,7 +74,7 @@ def make_schedule(name, learning_rate, *, decay_steps, max_iteration, t_mul=1.5,
       decay_steps: first SGDR cycle length (`cosine`), period of `exponential`.
       max_iteration: total steps (`cosine_one`).
       t_mul, m_mul: SGDR period and peak multipliers.
-      decay_rate: factor of `custom_step` and `exponential`.
+      decay_rate: factor of `custom_step` (`exponential` multiplies by 0.9, as the reference).
       boundaries: steps at which `custom_step` multiplies the rate by decay_rate.
       warmup_steps: linear warm-up length of `cosine_warmup`.
     """

@@ -80,7 +80,7 @@ def resolve(run_cfg, data):
     """Fills the data-set dependent defaults: network, total steps, evaluation period, decay steps."""
     defaults = DATASET_DEFAULTS.get(data.name, GENERIC_DEFAULTS)
     network = run_cfg.network or defaults["network"]
-    iter_epoch = max(len(data.train_labels) // run_cfg.batch_size, 1)
+    iter_epoch = steps_per_epoch(data, run_cfg)
     if run_cfg.max_iteration is not None:
         max_iteration = run_cfg.max_iteration
     elif run_cfg.epochs is not None:
@@ -90,6 +90,11 @@ def resolve(run_cfg, data):
     return dataclasses.replace(run_cfg, network=network, max_iteration=max_iteration,
                                eval_freq=min(run_cfg.eval_freq or iter_epoch, max_iteration),
                                decay_steps=run_cfg.decay_steps or iter_epoch), iter_epoch
+
+
+def steps_per_epoch(data, run_cfg):
+    """The reference's iter_epoch: len(train) // batch_size steps (at least 1), the unit of --epochs."""
+    return max(len(data.train_labels) // run_cfg.batch_size, 1)
 
 
 def build_trainer(run_cfg, trainer_cfg, data, network=None):
@@ -104,7 +109,8 @@ def build_trainer(run_cfg, trainer_cfg, data, network=None):
     schedule = optim.make_schedule(
         run_cfg.lr_schedule, run_cfg.learning_rate, decay_steps=run_cfg.decay_steps,
         max_iteration=run_cfg.max_iteration, t_mul=run_cfg.t_mul, m_mul=run_cfg.m_mul,
-        decay_rate=run_cfg.decay_rate, boundaries=(), warmup_steps=int(run_cfg.warmup_epochs * run_cfg.decay_steps))
+        decay_rate=run_cfg.decay_rate, boundaries=run_cfg.lr_boundaries,
+        warmup_steps=int(run_cfg.warmup_epochs * steps_per_epoch(data, run_cfg)))
     return trainer, schedule
 
 

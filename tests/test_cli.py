@@ -211,6 +211,33 @@ def test_every_trainer_flag_reaches_the_trainer_config():
     assert trainer.config.weight_decay == 0.002 and trainer.config.meta_every == 3
 
 
+def test_custom_step_boundaries_and_warmup_epochs_reach_the_schedule():
+    """--lr_boundaries are custom_step's steps (SPEC 2: lr * decay_rate^k), and --warmup_epochs counts epochs of
+    len(train) // batch steps (not --decay_steps)."""
+    import dataclasses
+    from ieg_tf import datasets
+    images, labels = np.zeros((40, 8, 8, 1), np.uint8), np.arange(40) % 4
+    data = datasets.from_arrays(images, labels, images[:8], labels[:8], probe_per_class=1)  # 36 train images
+    _, cfg, run_cfg = _configs("--lr_schedule=custom_step", "--lr_boundaries=5,10", "--decay_rate=0.5",
+                               "--learning_rate=0.2")
+    assert run_cfg.lr_boundaries == (5, 10)
+    schedule = train.build_trainer(dataclasses.replace(run_cfg, network="small_cnn", decay_steps=7), cfg, data)[1]
+    # TF1 piecewise_constant: the old rate up to and including a boundary step, the new one after it.
+    np.testing.assert_allclose([float(schedule(s)) for s in (0, 5, 6, 10, 11, 50)], [0.2, 0.2, 0.1, 0.1, 0.05, 0.05],
+                               rtol=1e-6)
+    _, cfg, run_cfg = _configs("--lr_schedule=cosine_warmup", "--warmup_epochs=2", "--batch_size=6",
+                               "--learning_rate=0.3")
+    schedule = train.build_trainer(dataclasses.replace(run_cfg, network="small_cnn", decay_steps=100), cfg, data)[1]
+    # 36 // 6 = 6 steps per epoch, so the warm-up is 12 steps long: half the rate at step 6, all of it at 12.
+    np.testing.assert_allclose([float(schedule(6)), float(schedule(12))], [0.15, 0.3], rtol=1e-6)
+    for args, message in ((["--lr_schedule=custom_step"], "custom_step needs lr_boundaries"),
+                          (["--lr_boundaries=5"], "other schedules take none"),
+                          (["--lr_schedule=custom_step", "--lr_boundaries=10,5"], "ascending steps"),
+                          (["--lr_schedule=custom_step", "--lr_boundaries=5,x"], "ascending steps")):
+        with pytest.raises(ValueError, match=message):
+            _configs(*args)
+
+
 def test_algorithm_constants_reach_the_trainer_config_and_default_to_the_reference():
     from ieg_tf.config import TrainerConfig
     _, default, _ = _configs()

@@ -69,6 +69,17 @@ def test_checkpoint_of_another_network_or_class_count_is_refused(tmp_path):
                   data=_arrays(5))
 
 
+@pytest.mark.parametrize("first, second", [(1, 4), (4, 1)])
+def test_resuming_with_meta_every_on_against_off_is_refused_both_ways(tmp_path, first, second):
+    # k > 1 adds the meta cache's variables to the checkpoint; either direction must be refused, not half-restored.
+    def run(k):
+        train.run(dataclasses.replace(TINY, model_dir=str(tmp_path), network="mlp", max_iteration=3 if k == first
+                                      else 6), TrainerConfig(method="l2r", meta_every=k), data=_arrays(4))
+    run(first)
+    with pytest.raises(ValueError, match="different network or method"):
+        run(second)
+
+
 def test_resuming_with_other_data_or_noise_is_refused(tmp_path):
     train.run(dataclasses.replace(TINY, model_dir=str(tmp_path)), TrainerConfig(method="supervised"),
               data=_arrays(4))
