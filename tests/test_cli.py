@@ -93,7 +93,13 @@ def test_same_command_resumes_and_a_longer_budget_continues(ieg_run):
         results = json.load(f)
     assert results["steps"] == 9
     with open(os.path.join(model_dir, "checkpoints", "history.json")) as f:
-        assert [h["step"] for h in json.load(f)] == [3, 6, 9]
+        history = json.load(f)
+    # The resumed session continues the epoch count and the wall time of the first one.
+    assert [h["step"] for h in history] == [3, 6, 9] and [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[2]["seconds"] > history[1]["seconds"] > history[0]["seconds"] > 0
+    assert results["seconds"] == round(history[-1]["seconds"], 1)
+    assert results["test_accuracy"] == history[-1]["val_accuracy"]
+    assert results["best_test_accuracy"] == max(h["val_accuracy"] for h in history)
 
 
 @pytest.mark.parametrize("method, seeds", [("supervised --seed=3 --data_seed=5", (3, 5)),

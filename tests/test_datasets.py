@@ -104,6 +104,19 @@ def test_save_load_and_check_split(tmp_path):
         datasets.check_split(other, str(tmp_path))
     with pytest.raises(ValueError, match="no saved split"):
         datasets.load_split(str(tmp_path / "missing"))
+    # A separate probe set: the training split is the same whatever the probe, so only the probe arrays tell a
+    # resume with another probe size (or other probe labels) apart.
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (40, 8, 8, 1), np.uint8), np.arange(40) % 4
+    probe_x, probe_y = rng.integers(0, 256, (12, 8, 8, 1), np.uint8), np.arange(12) % 4
+    one = datasets.from_arrays(images, labels, images[:8], labels[:8], probe_images=probe_x, probe_labels=probe_y,
+                               probe_per_class=1)
+    datasets.save_split(one, str(tmp_path / "probe"))
+    two = datasets.from_arrays(images, labels, images[:8], labels[:8], probe_images=probe_x, probe_labels=probe_y,
+                               probe_per_class=2)
+    assert np.array_equal(two.train_labels, one.train_labels)
+    with pytest.raises(ValueError, match="probe_ids, probe_labels"):
+        datasets.check_split(two, str(tmp_path / "probe"))
 
 
 # ---------------------------------------------------------------------------------------------- CIFAR

@@ -43,6 +43,9 @@ def test_other_schedules():
     np.testing.assert_allclose([float(warm(0)), float(warm(5)), float(warm(10))], [0.0, 0.05, 0.1], rtol=1e-6)
     step = optim.make_schedule("custom_step", 0.1, decay_steps=1, max_iteration=100, boundaries=(10, 20))
     np.testing.assert_allclose([float(step(5)), float(step(15)), float(step(25))], [0.1, 0.01, 0.001], rtol=1e-5)
+    # exponential: x0.9 every decay_steps, staircase (SPEC 2); decay_rate is custom_step's alone.
+    exp = optim.make_schedule("exponential", 0.1, decay_steps=10, max_iteration=100, decay_rate=0.5)
+    np.testing.assert_allclose([float(exp(s)) for s in (0, 9, 10, 15, 25)], [0.1, 0.1, 0.09, 0.09, 0.081], rtol=1e-5)
     one = optim.make_schedule("cosine_one", 0.1, decay_steps=1, max_iteration=100)
     np.testing.assert_allclose(float(one(100)), 0.0, atol=1e-7)
     with pytest.raises(ValueError, match="lr_schedule"):

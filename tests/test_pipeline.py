@@ -60,6 +60,11 @@ def test_start_step_resumes_the_exact_stream(digits):
     for step, element in enumerate(resumed, start=9):
         for key, value in element.items():
             np.testing.assert_array_equal(value, fresh[step][key], err_msg=f"step {step} key {key}")
+    # A resume inside the second epoch (step 12 starts at example 1200 > 1168) draws that epoch's permutation.
+    later = _take(pipeline.train_dataset(digits, 100, seed=7, augment_policy="randaug", start_step=12), 4)
+    for step, element in enumerate(later, start=12):
+        for key, value in element.items():
+            np.testing.assert_array_equal(value, fresh[step][key], err_msg=f"step {step} key {key}")
     epoch0 = np.concatenate([b["id"] for b in fresh[:11]] + [fresh[11]["id"][:68]])
     assert np.array_equal(np.sort(epoch0), np.arange(1168))  # batches run across the epoch boundary
     assert not np.array_equal(fresh[9]["strong"], fresh[10]["strong"])

@@ -140,3 +140,14 @@ def test_all_zero_omega_gives_a_finite_step(method):
     assert all(np.all(np.isfinite(v[0])) for v in step.logs.values())
     if method == "l2r":  # its loss is sum(omega * CE) + L2 of a zero kernel: nothing to learn from this batch
         assert all(np.all(g.numpy() == 0) for g in step.grads)
+
+def test_results_take_the_last_evaluation_the_best_one_and_the_accumulated_seconds():
+    import types
+    trainer = types.SimpleNamespace(optimizer=types.SimpleNamespace(iterations=tf.Variable(6)),
+                                    config=TrainerConfig(method="l2r"))
+    data = _arrays(4)
+    history = [{"step": 3, "val_accuracy": 0.5, "seconds": 1.0}, {"step": 6, "val_accuracy": 0.4, "seconds": 2.04}]
+    results = train._results(trainer, data, dataclasses.replace(TINY, network="mlp"), 3, history)
+    assert (results["test_accuracy"], results["best_test_accuracy"], results["seconds"]) == (0.4, 0.5, 2.0)
+    assert (results["steps"], results["epochs"], results["method"]) == (6, 2.0, "l2r")
+    assert results["train_examples"] == len(data.train_labels) and results["probe_size"] == 4

@@ -285,3 +285,17 @@ def test_report_after_real_ieg_steps_counts_every_visit():
     np.testing.assert_array_equal(issues.suggested_label, np.argmax(guess, axis=1))
     # omega* sums to 1 in each of the 6 batches; each example's sum is divided by its 3 visits.
     np.testing.assert_allclose(issues.omega_mean.sum(), 6 / 3, rtol=1e-3)
+
+
+def test_example_stats_sum_each_visit_and_average_over_visits():
+    stats = example_stats.ExampleStats(3, 2)
+    # Example 2 is seen twice in one batch, example 1 never; lambda* = 1 keeps the label, 0 takes the guess.
+    stats.update(tf.constant([0, 2, 2]), tf.constant([0.1, 0.2, 0.3]), tf.constant([0.0, 1.0, 0.25]),
+                 tf.constant([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]))
+    stats.update(tf.constant([0]), tf.constant([0.3]), tf.constant([1.0]), tf.constant([[0.0, 1.0]]))
+    result = stats.result()
+    np.testing.assert_array_equal(result["visits"], [2, 0, 2])
+    np.testing.assert_allclose(result["omega_mean"], [0.2, 0.0, 0.25], rtol=1e-6)
+    np.testing.assert_allclose(result["pseudo_fraction"], [0.5, 0.0, 0.375], rtol=1e-6)
+    np.testing.assert_allclose(result["guess_sum"], [[1.0, 1.0], [0.0, 0.0], [0.5, 1.5]], rtol=1e-6)
+    assert all(np.all(np.isfinite(v)) for v in result.values())  # an unvisited example is 0, not 0 / 0
