@@ -34,27 +34,30 @@ def trainer_variables(trainer):
 class RunCheckpoint:
     """A CheckpointManager over `trainer_variables` plus the per-evaluation history (a small JSON beside it)."""
 
-    def __init__(self, trainer, directory, max_to_keep=4):
+    def __init__(self, trainer, directory, max_to_keep=4, restore_directory=None):
+        """`restore_directory` (default: `directory`) is where `restore` looks: a multi-worker run's non-chief
+        workers save to scratch directories but resume from the chief's checkpoints."""
         self.trainer = trainer
         self.directory = directory
+        self.restore_directory = restore_directory or directory
         self.variables = trainer_variables(trainer)
         self.checkpoint = tf.train.Checkpoint(**self.variables)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
 
     def restore(self):
-        """Restores the latest checkpoint, if any. Returns (step, history list)."""
-        path = self.manager.latest_checkpoint
+        """Restores the latest checkpoint of `restore_directory`, if any. Returns (step, history list)."""
+        path = tf.train.latest_checkpoint(self.restore_directory)
         if path is None:
             return 0, []
         self._check_compatible(path)
         self.checkpoint.restore(path).assert_existing_objects_matched()
         step = int(self.trainer.optimizer.iterations.numpy())
-        history = [h for h in _read_history(self.directory) if h["step"] <= step]
+        history = [h for h in _read_history(self.restore_directory) if h["step"] <= step]
         return step, history
 
     def save(self, step, history):
         self.manager.save(checkpoint_number=step)
-        _write_atomically(os.path.join(self.directory, HISTORY_FILE), json.dumps(history))
+        write_atomically(os.path.join(self.directory, HISTORY_FILE), json.dumps(history))
 
     def _check_compatible(self, path):
         saved = {name.split("/.ATTRIBUTES")[0]: shape for name, shape in tf.train.list_variables(path)
@@ -97,7 +100,7 @@ def _read_history(directory):
         return json.load(f)
 
 
-def _write_atomically(path, text):
+def write_atomically(path, text):
     tmp = path + ".tmp"
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(text)

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import time
+import uuid
 
 import keras
 import numpy as np
@@ -30,6 +31,11 @@ DATASET_DEFAULTS = {
     "cifar100": {"network": "wrn28-10", "max_iteration": 200000},
 }
 GENERIC_DEFAULTS = {"network": "wrn28-10", "epochs": 200}
+# RunConfig fields a resumed run may change: the budget, evaluation, output and device settings. Every other
+# setting shapes the trained weights, so a resume with another value is refused (`check_run_config`).
+RESUMABLE_CHANGES = ("model_dir", "max_iteration", "epochs", "eval_freq", "val_batch_size", "strategy", "tpu",
+                     "jit_compile", "export_dir", "keep_checkpoints")
+RUN_CONFIG_FILE = "run_config.json"
 RESULT_KEYS = ("dataset", "method", "network", "noise_type", "noise_ratio", "noise_rate_realized", "probe_size",
                "train_examples", "steps", "epochs", "test_accuracy", "best_test_accuracy", "seconds",
                "label_issue_precision", "label_issue_recall")
@@ -63,24 +69,34 @@ class _Guard(model.StopOnNonFiniteLoss):
             logs["seconds"] = self.seconds_before + time.time() - self.start
 
 
-def check_writable(model_dir):
-    """Creates model_dir and proves it writable, or raises a ValueError naming it."""
+def check_writable(model_dir, flag="--model_dir"):
+    """Creates model_dir and proves it writable, or raises a ValueError naming it (and the flag that set it).
+
+    The probe file's name is unique to the process: workers sharing one model_dir must not remove each other's.
+    """
     try:
         tf.io.gfile.makedirs(model_dir)
-        probe = os.path.join(model_dir, ".write_test")
+        probe = os.path.join(model_dir, f".write_test.{os.getpid()}.{uuid.uuid4().hex}")
         with tf.io.gfile.GFile(probe, "w") as f:
             f.write("ok")
         tf.io.gfile.remove(probe)
     except (OSError, tf.errors.OpError) as error:
-        raise ValueError(f"--model_dir {model_dir} is not writable ({error.__class__.__name__}); "
+        raise ValueError(f"{flag} {model_dir} is not writable ({error.__class__.__name__}); "
                          "choose a directory you can write to") from None
 
 
-def resolve(run_cfg, data):
-    """Fills the data-set dependent defaults: network, total steps, evaluation period, decay steps."""
+def resolve(run_cfg, data, replicas=1):
+    """Fills the data-set dependent defaults: network, total steps, evaluation period, decay steps.
+
+    Refuses a global batch (batch_size x replicas) larger than the training set: batches would repeat examples.
+    """
+    global_batch = run_cfg.batch_size * replicas
+    if global_batch > len(data.train_labels):
+        raise ValueError(f"--batch_size={run_cfg.batch_size}" + (f" x {replicas} replicas" if replicas > 1 else "")
+                         + f" is more than the {len(data.train_labels)} training examples; lower --batch_size")
     defaults = DATASET_DEFAULTS.get(data.name, GENERIC_DEFAULTS)
     network = run_cfg.network or defaults["network"]
-    iter_epoch = steps_per_epoch(data, run_cfg)
+    iter_epoch = steps_per_epoch(data, run_cfg, replicas)
     if run_cfg.max_iteration is not None:
         max_iteration = run_cfg.max_iteration
     elif run_cfg.epochs is not None:
@@ -92,12 +108,50 @@ def resolve(run_cfg, data):
                                decay_steps=run_cfg.decay_steps or iter_epoch), iter_epoch
 
 
-def steps_per_epoch(data, run_cfg):
-    """The reference's iter_epoch: len(train) // batch_size steps (at least 1), the unit of --epochs."""
-    return max(len(data.train_labels) // run_cfg.batch_size, 1)
+def steps_per_epoch(data, run_cfg, replicas=1):
+    """The reference's iter_epoch, the unit of --epochs: len(train) // global batch steps (at least 1).
+
+    A step takes batch_size examples per replica, so with R replicas an epoch is len(train) // (R x batch_size)
+    steps (the IEG-era reference divides its epoch-based periods by the number of GPUs the same way).
+    """
+    return max(len(data.train_labels) // (run_cfg.batch_size * replicas), 1)
 
 
-def build_trainer(run_cfg, trainer_cfg, data, network=None):
+def run_settings(run_cfg, trainer_cfg, replicas):
+    """The settings that shape the trained weights, as JSON-compatible values (what run_config.json holds)."""
+    run = {k: v for k, v in dataclasses.asdict(run_cfg).items() if k not in RESUMABLE_CHANGES}
+    settings = {"run": run, "trainer": dataclasses.asdict(trainer_cfg),
+                "global_batch": run_cfg.batch_size * replicas}
+    return json.loads(json.dumps(settings))  # tuples become lists, as they come back from the file
+
+
+def check_run_config(settings, model_dir, write):
+    """Refuses to resume a run whose saved settings (run_config.json) differ from `settings`.
+
+    A run directory without the file (a fresh run, or one written before it existed) gets it when `write`
+    (the chief). Only the RESUMABLE_CHANGES may differ on resume: a changed method, batch, learning rate or seed
+    would continue the saved weights as another run, and results.json would report the new settings.
+    """
+    path = os.path.join(model_dir, RUN_CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+        if write:
+            checkpoints.write_atomically(path, json.dumps(settings, indent=2))
+        return
+    with tf.io.gfile.GFile(path) as f:
+        saved = json.load(f)
+    changed = [f"{name} {saved_value!r} there, {value!r} here"
+               for part in ("run", "trainer") for name, value in settings[part].items()
+               if (saved_value := saved.get(part, {}).get(name)) != value]
+    if saved.get("global_batch") != settings["global_batch"]:
+        changed.append(f"global batch (batch_size x replicas) {saved.get('global_batch')} there, "
+                       f"{settings['global_batch']} here")
+    if changed:
+        raise ValueError(f"{model_dir} holds a run trained with other settings ({'; '.join(changed)}); run the "
+                         "same command to resume it (only --" + ", --".join(RESUMABLE_CHANGES[1:]) +
+                         " may change), or use a new --model_dir")
+
+
+def build_trainer(run_cfg, trainer_cfg, data, network=None, replicas=1):
     """The network (by name unless given), the trainer, and its optimizer with the schedule."""
     if network is None:
         network = networks.build_network(run_cfg.network, data.num_classes, data.image_shape,
@@ -110,7 +164,7 @@ def build_trainer(run_cfg, trainer_cfg, data, network=None):
         run_cfg.lr_schedule, run_cfg.learning_rate, decay_steps=run_cfg.decay_steps,
         max_iteration=run_cfg.max_iteration, t_mul=run_cfg.t_mul, m_mul=run_cfg.m_mul,
         decay_rate=run_cfg.decay_rate, boundaries=run_cfg.lr_boundaries,
-        warmup_steps=int(run_cfg.warmup_epochs * steps_per_epoch(data, run_cfg)))
+        warmup_steps=int(run_cfg.warmup_epochs * steps_per_epoch(data, run_cfg, replicas)))
     return trainer, schedule
 
 
@@ -127,6 +181,8 @@ def run(run_cfg: RunConfig, trainer_cfg: TrainerConfig, data_spec=None, data=Non
       The results dict also written to results.json.
     """
     check_writable(run_cfg.model_dir)
+    if run_cfg.export_dir:  # an unwritable export directory fails now, not after the training
+        check_writable(run_cfg.export_dir, "--export_dir")
     if run_cfg.network:
         networks.get_spec(run_cfg.network)  # an unknown name fails before the data are read
     data = data if data is not None else datasets.load_dataset(data_spec)
@@ -134,23 +190,22 @@ def run(run_cfg: RunConfig, trainer_cfg: TrainerConfig, data_spec=None, data=Non
     resuming = tf.io.gfile.exists(os.path.join(split_dir, "split.json"))
     if resuming:
         datasets.check_split(data, split_dir)
-    run_cfg, iter_epoch = resolve(run_cfg, data)
+    strategy = distribute.make_strategy(run_cfg.strategy, run_cfg.tpu)
+    replicas = strategy.num_replicas_in_sync
+    run_cfg, iter_epoch = resolve(run_cfg, data, replicas)
     if run_cfg.mixed_precision:
         keras.mixed_precision.set_global_policy(run_cfg.mixed_precision)
-    strategy = distribute.make_strategy(run_cfg.strategy, run_cfg.tpu)
     chief = distribute.is_chief(strategy)
     if chief and not resuming:
         _save_split_atomically(data, split_dir)
-    replicas = strategy.num_replicas_in_sync
     jit = run_cfg.jit_compile if run_cfg.jit_compile is not None else replicas == 1
     keras.utils.set_random_seed(run_cfg.seed)  # the initial weights: a fresh run is a function of the seed
     with strategy.scope():
-        trainer, schedule = build_trainer(run_cfg, trainer_cfg, data)
+        trainer, schedule = build_trainer(run_cfg, trainer_cfg, data, replicas=replicas)
         trainer.compile(optimizer=optim.TF1Momentum(schedule, momentum=run_cfg.momentum), jit_compile=jit)
-    ckpt_dir = os.path.join(run_cfg.model_dir, "checkpoints")
-    if not chief:  # every worker must save (collective ops); only the chief's copy is kept
-        ckpt_dir = os.path.join(run_cfg.model_dir, f"worker_tmp_{strategy.cluster_resolver.task_id}")
-    saver = checkpoints.RunCheckpoint(trainer, ckpt_dir, run_cfg.keep_checkpoints)
+    check_run_config(run_settings(run_cfg, trainer.config, replicas), run_cfg.model_dir, write=chief)
+    save_dir, restore_dir = checkpoint_dirs(run_cfg.model_dir, chief, getattr(strategy, "cluster_resolver", None))
+    saver = checkpoints.RunCheckpoint(trainer, save_dir, run_cfg.keep_checkpoints, restore_directory=restore_dir)
     start_step, history = saver.restore()
     if start_step < run_cfg.max_iteration:
         _fit(trainer, strategy, data, run_cfg, start_step, history, saver)
@@ -167,6 +222,20 @@ def run(run_cfg: RunConfig, trainer_cfg: TrainerConfig, data_spec=None, data=Non
         _write_outputs(trainer, data, run_cfg, results, history, issues, confusion)
     print(summary_line(results), flush=True)
     return results
+
+
+def checkpoint_dirs(model_dir, chief, cluster_resolver=None):
+    """(where this process saves, where it restores from).
+
+    Every worker must save (the save runs collective ops), but only the chief's copy is kept; a non-chief worker
+    saves to its own scratch directory. Every worker restores from the chief's checkpoints: the copies can differ
+    after a kill between two workers' saves, and workers resumed at different steps would train from different
+    weights in lockstep.
+    """
+    chief_dir = os.path.join(model_dir, "checkpoints")
+    if chief:
+        return chief_dir, chief_dir
+    return os.path.join(model_dir, f"worker_tmp_{cluster_resolver.task_id}"), chief_dir
 
 
 def _save_split_atomically(data, split_dir):
@@ -186,13 +255,21 @@ def input_options(trainer_cfg, run_cfg, start_step):
                 augment_policy=run_cfg.aug_type, probe_affine=run_cfg.probe_affine)
 
 
+def fit_callbacks(run_cfg, chief, saver, history):
+    """The step guard, the checkpoint per evaluation and, on the chief only, TensorBoard: Keras' callback
+    writes from every worker, which would leave one set of curves per worker in logs/."""
+    seconds_before = history[-1].get("seconds", 0.0) if history else 0.0
+    callbacks = [_Guard(run_cfg.max_iteration, run_cfg.model_dir, seconds_before),
+                 checkpoints.CheckpointCallback(saver, history)]
+    if chief:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_cfg.model_dir, "logs")))
+    return callbacks
+
+
 def _fit(trainer, strategy, data, run_cfg, start_step, history, saver):
     replicas = strategy.num_replicas_in_sync
     epochs = -(-run_cfg.max_iteration // run_cfg.eval_freq)
-    seconds_before = history[-1].get("seconds", 0.0) if history else 0.0
-    callbacks = [_Guard(run_cfg.max_iteration, run_cfg.model_dir, seconds_before),
-                 checkpoints.CheckpointCallback(saver, history),
-                 keras.callbacks.TensorBoard(os.path.join(run_cfg.model_dir, "logs"))]
+    callbacks = fit_callbacks(run_cfg, distribute.is_chief(strategy), saver, history)
     options = input_options(trainer.config, run_cfg, start_step)
     eval_ds = pipeline.eval_dataset(data, run_cfg.val_batch_size * replicas)
     common = dict(epochs=epochs, steps_per_epoch=run_cfg.eval_freq, initial_epoch=start_step // run_cfg.eval_freq,

@@ -32,6 +32,12 @@ def _checkpoint_tensors(path):
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
 
 
+def _forget_run_config(model_dir):
+    """Makes model_dir look written before run_config.json existed, so that a resume with changed settings
+    reaches the checks behind it (the checkpoint's variables, the loss guard)."""
+    os.remove(os.path.join(model_dir, train.RUN_CONFIG_FILE))
+
+
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     # 3 good steps end with a checkpoint; the resumed run's learning rate then blows the weights up.
     good = dataclasses.replace(TINY, model_dir=str(tmp_path))
@@ -40,6 +46,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
     assert latest is not None
     saved = _checkpoint_tensors(latest)
+    _forget_run_config(tmp_path)  # the resume below changes the learning rate on purpose
     with pytest.raises(train.NonFiniteLossError, match=r"at step \d+") as error:
         train.run(dataclasses.replace(good, learning_rate=1e30, max_iteration=12), TrainerConfig(method="supervised"),
                   data=_arrays(4))
@@ -58,6 +65,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 def test_checkpoint_of_another_network_or_class_count_is_refused(tmp_path):
     train.run(dataclasses.replace(TINY, model_dir=str(tmp_path / "a")), TrainerConfig(method="supervised"),
               data=_arrays(4))
+    _forget_run_config(tmp_path / "a")
     with pytest.raises(ValueError, match="different network"):
         train.run(dataclasses.replace(TINY, model_dir=str(tmp_path / "a"), network="mlp"),
                   TrainerConfig(method="supervised"), data=_arrays(4))
@@ -76,6 +84,7 @@ def test_resuming_with_meta_every_on_against_off_is_refused_both_ways(tmp_path, 
         train.run(dataclasses.replace(TINY, model_dir=str(tmp_path), network="mlp", max_iteration=3 if k == first
                                       else 6), TrainerConfig(method="l2r", meta_every=k), data=_arrays(4))
     run(first)
+    _forget_run_config(tmp_path)
     with pytest.raises(ValueError, match="different network or method"):
         run(second)
 

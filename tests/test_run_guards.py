@@ -1,0 +1,146 @@
+"""A run directory keeps the settings it was trained with; multi-worker resume, epochs under replicas, early
+refusals (batch larger than the data, unwritable export directory)."""
+
+import dataclasses
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tinydata
+from ieg_tf import checkpoints, datasets, train
+from ieg_tf.config import RunConfig, TrainerConfig
+from ieg_tf.model import IEGTrainer
+from ieg_tf.optim import TF1Momentum
+
+TINY = RunConfig(network="mlp", batch_size=16, val_batch_size=300, max_iteration=2, eval_freq=2, jit_compile=False)
+
+
+def _data(n=64):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8)
+    labels = (np.arange(n) % 4).astype(np.int32)
+    return datasets.from_arrays(images, labels, images[:20], labels[:20], probe_per_class=1, noise_type="uniform",
+                                noise_ratio=0.5)
+
+
+def test_run_settings_keep_what_shapes_the_weights_and_leave_out_the_budget():
+    settings = train.run_settings(TINY, TrainerConfig(method="ieg"), replicas=2)
+    assert settings["global_batch"] == 32
+    assert settings["run"]["learning_rate"] == TINY.learning_rate and settings["run"]["seed"] == TINY.seed
+    assert settings["trainer"]["method"] == "ieg"
+    assert not set(train.RESUMABLE_CHANGES) & set(settings["run"])
+    json.dumps(settings)  # what run_config.json holds
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(run=dict(learning_rate=0.5)), "learning_rate 0.1 there, 0.5 here"),
+    (dict(run=dict(seed=7)), "seed 12345 there, 7 here"),
+    (dict(trainer=dict(method="supervised")), "method 'ieg' there, 'supervised' here"),
+    (dict(run=dict(batch_size=8)), "global batch"),
+])
+def test_resume_with_a_setting_that_shapes_the_weights_is_refused(tmp_path, change, named):
+    run_cfg, trainer_cfg = TINY, TrainerConfig(method="ieg")
+    train.check_run_config(train.run_settings(run_cfg, trainer_cfg, 1), str(tmp_path), write=True)
+    assert (tmp_path / train.RUN_CONFIG_FILE).exists()
+    # The budget, evaluation and outputs may change; the same settings pass.
+    resumable = dataclasses.replace(run_cfg, max_iteration=50, eval_freq=5, export_dir="x", keep_checkpoints=1)
+    train.check_run_config(train.run_settings(resumable, trainer_cfg, 1), str(tmp_path), write=True)
+    run_cfg = dataclasses.replace(run_cfg, **change.get("run", {}))
+    trainer_cfg = dataclasses.replace(trainer_cfg, **change.get("trainer", {}))
+    with pytest.raises(ValueError, match="other settings") as error:
+        train.check_run_config(train.run_settings(run_cfg, trainer_cfg, 1), str(tmp_path), write=True)
+    assert named in str(error.value) and "new --model_dir" in str(error.value)
+
+
+def test_a_worker_does_not_write_the_run_config():
+    settings = train.run_settings(TINY, TrainerConfig(), 1)
+    directory = os.path.join(tf.compat.v1.test.get_temp_dir(), "no_config")
+    train.check_run_config(settings, directory, write=False)
+    assert not tf.io.gfile.exists(os.path.join(directory, train.RUN_CONFIG_FILE))
+
+
+def test_train_run_refuses_a_changed_method_on_resume_and_records_nothing(tmp_path):
+    run_cfg = dataclasses.replace(TINY, model_dir=str(tmp_path))
+    first = train.run(run_cfg, TrainerConfig(method="ieg"), data=_data())
+    results = (tmp_path / "results.json").read_text()
+    with pytest.raises(ValueError, match="method 'ieg' there, 'supervised' here"):
+        train.run(run_cfg, TrainerConfig(method="supervised"), data=_data())
+    assert (tmp_path / "results.json").read_text() == results  # the old run's results are not overwritten
+    # A longer budget resumes.
+    longer = train.run(dataclasses.replace(run_cfg, max_iteration=4), TrainerConfig(method="ieg"), data=_data())
+    assert (first["steps"], longer["steps"], longer["method"]) == (2, 4, "ieg")
+
+
+def test_every_worker_restores_the_chiefs_checkpoint(tmp_path):
+    chief_dir, chief_restore = train.checkpoint_dirs(str(tmp_path), chief=True)
+    worker_dir, worker_restore = train.checkpoint_dirs(
+        str(tmp_path), chief=False, cluster_resolver=tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec({"worker": ["a:1", "b:2"]}), task_type="worker", task_id=1))
+    assert chief_dir == chief_restore == worker_restore == str(tmp_path / "checkpoints")
+    assert worker_dir == str(tmp_path / "worker_tmp_1")
+
+    def trainer():
+        keras.backend.clear_session()  # the optimizer's slot names carry the layers' process-wide counters
+        model = IEGTrainer(tinydata.mlp(), 4, TrainerConfig(method="supervised"), num_train_examples=64)
+        model.compile(optimizer=TF1Momentum(0.1))
+        return model
+    saver = checkpoints.RunCheckpoint(trainer(), chief_dir)
+    saver.trainer.optimizer.iterations.assign(7)
+    saver.save(7, [{"step": 7}])
+    # A worker's own (stale) copy must not be what it resumes from.
+    stale = checkpoints.RunCheckpoint(trainer(), worker_dir)
+    stale.trainer.optimizer.iterations.assign(3)
+    stale.save(3, [{"step": 3}])
+    resumed = checkpoints.RunCheckpoint(trainer(), worker_dir, restore_directory=worker_restore)
+    assert resumed.restore() == (7, [{"step": 7}])
+
+
+def test_an_epoch_counts_global_batches():
+    data = _data(n=644)  # 640 training examples once the 4 probe images are taken
+    assert train.steps_per_epoch(data, dataclasses.replace(TINY, batch_size=10)) == 64
+    assert train.steps_per_epoch(data, dataclasses.replace(TINY, batch_size=10), replicas=2) == 32
+    resolved, iter_epoch = train.resolve(dataclasses.replace(TINY, batch_size=10, max_iteration=None, epochs=3,
+                                                             eval_freq=None), data, replicas=2)
+    assert (iter_epoch, resolved.max_iteration, resolved.eval_freq, resolved.decay_steps) == (32, 96, 32, 32)
+
+
+def test_a_batch_larger_than_the_training_set_is_refused():
+    data = _data()
+    with pytest.raises(ValueError, match=r"--batch_size=40 x 2 replicas is more than the 60 training examples"):
+        train.resolve(dataclasses.replace(TINY, batch_size=40), data, replicas=2)
+    train.resolve(dataclasses.replace(TINY, batch_size=30), data, replicas=2)
+
+
+def test_an_unwritable_export_dir_is_refused_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ValueError, match="--export_dir .* is not writable"):
+        train.run(dataclasses.replace(TINY, model_dir=str(tmp_path / "run"), export_dir=str(blocker / "serving")),
+                  TrainerConfig(method="supervised"), data=_data())
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_write_probe_is_unique_to_the_process(tmp_path, monkeypatch):
+    # Workers sharing a model_dir each write and remove a probe file: one name for all let one remove another's.
+    opened = []
+    real_gfile = tf.io.gfile.GFile
+    monkeypatch.setattr(tf.io.gfile, "GFile", lambda path, mode="r": opened.append(path) or real_gfile(path, mode))
+    train.check_writable(str(tmp_path))
+    train.check_writable(str(tmp_path))
+    assert len(set(opened)) == 2 and all(str(os.getpid()) in os.path.basename(p) for p in opened)
+    assert os.listdir(tmp_path) == []
+
+
+def test_callbacks_of_a_worker_write_no_tensorboard_logs():
+    names = {c.__class__.__name__ for c in train.fit_callbacks(TINY, chief=False, saver=None, history=[])}
+    assert "TensorBoard" not in names and "CheckpointCallback" in names
+    assert "TensorBoard" in {c.__class__.__name__ for c in train.fit_callbacks(TINY, True, None, [])}
+
+
+def test_no_injected_noise_records_a_zero_noise_ratio():
+    data = datasets.load_dataset(datasets.DataSpec(noise_type="none", probe_per_class=1))
+    assert data.noise_ratio == 0.0 and data.noise_rate_realized == 0.0
