@@ -9,12 +9,23 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 
-def plot_accuracy(history, path):
-    """Plots the EMA test accuracy per epoch and the best so far.
+def accuracy_axis(count, steps=None):
+    """(x values, x label) of the accuracy plot: the evaluations' training steps when known, else epochs."""
+    if steps is None:
+        return np.arange(1, count + 1), "epoch"
+    if len(steps) != count:
+        raise ValueError(f"{len(steps)} steps for {count} accuracies; give one step per evaluation")
+    return np.asarray(steps), "training step"
+
+
+def plot_accuracy(history, path, steps=None):
+    """Plots the EMA test accuracy per epoch (or against the training step) and the best so far.
 
     Args:
       history: `keras.callbacks.History.history`; reads its `val_accuracy` list (one value per epoch).
       path: PNG file to write.
+      steps: the training step of each evaluation (a run evaluates every --eval_freq steps, not per epoch);
+        None = number the evaluations as epochs.
 
     Returns:
       `path`.
@@ -25,13 +36,13 @@ def plot_accuracy(history, path):
     accuracy = np.asarray(history.get("val_accuracy", ()), np.float64)
     if accuracy.ndim != 1 or accuracy.size == 0:
         raise ValueError(f"history has no val_accuracy (keys: {sorted(history)}); pass validation_data to fit")
-    epochs = np.arange(1, accuracy.size + 1)
+    epochs, xlabel = accuracy_axis(accuracy.size, steps)
     best = np.maximum.accumulate(accuracy)
     fig = Figure(figsize=(6, 4), dpi=100)
     ax = fig.add_subplot()
     ax.plot(epochs, 100 * accuracy, marker="o", markersize=3, label="test accuracy (EMA)")
     ax.plot(epochs, 100 * best, linestyle="--", label="best so far")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(xlabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"final {100 * accuracy[-1]:.2f}%, best {100 * best[-1]:.2f}%")

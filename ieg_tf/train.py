@@ -8,6 +8,7 @@ resumes from the last checkpoint.
 import dataclasses
 import json
 import os
+import sys
 import time
 import uuid
 
@@ -207,6 +208,10 @@ def run(run_cfg: RunConfig, trainer_cfg: TrainerConfig, data_spec=None, data=Non
     save_dir, restore_dir = checkpoint_dirs(run_cfg.model_dir, chief, getattr(strategy, "cluster_resolver", None))
     saver = checkpoints.RunCheckpoint(trainer, save_dir, run_cfg.keep_checkpoints, restore_directory=restore_dir)
     start_step, history = saver.restore()
+    if start_step > run_cfg.max_iteration:
+        print(f"ieg_tf: the checkpoint in {run_cfg.model_dir} is at step {start_step}, past --max_iteration="
+              f"{run_cfg.max_iteration}; nothing to train, the outputs describe the run at step {start_step}",
+              file=sys.stderr, flush=True)
     if start_step < run_cfg.max_iteration:
         _fit(trainer, strategy, data, run_cfg, start_step, history, saver)
     results = _results(trainer, data, run_cfg, iter_epoch, history)
@@ -306,8 +311,9 @@ def _write_outputs(trainer, data, run_cfg, results, history, issues, confusion):
     with tf.io.gfile.GFile(os.path.join(model_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     if history:
-        plots.plot_accuracy({"val_accuracy": [h["val_accuracy"] for h in history]},
-                            os.path.join(model_dir, "test_accuracy.png"))
+        evaluated = [h for h in history if "val_accuracy" in h]
+        plots.plot_accuracy({"val_accuracy": [h["val_accuracy"] for h in evaluated]},
+                            os.path.join(model_dir, "test_accuracy.png"), steps=[h["step"] for h in evaluated])
     if issues.true_label is not None and np.any(issues.visits > 0):
         plots.plot_omega_distribution(issues.omega_mean, issues.given_label, issues.true_label,
                                       os.path.join(model_dir, "omega_distribution.png"), visits=issues.visits,

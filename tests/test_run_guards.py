@@ -144,3 +144,23 @@ def test_callbacks_of_a_worker_write_no_tensorboard_logs():
 def test_no_injected_noise_records_a_zero_noise_ratio():
     data = datasets.load_dataset(datasets.DataSpec(noise_type="none", probe_per_class=1))
     assert data.noise_ratio == 0.0 and data.noise_rate_realized == 0.0
+
+
+def test_the_accuracy_plot_counts_training_steps_when_it_has_them(tmp_path):
+    from ieg_tf import plots
+    np.testing.assert_array_equal(plots.accuracy_axis(3)[0], [1, 2, 3])
+    x, label = plots.accuracy_axis(3, steps=[50, 100, 150])
+    assert label == "training step" and list(x) == [50, 100, 150]
+    with pytest.raises(ValueError, match="2 steps for 3 accuracies"):
+        plots.accuracy_axis(3, steps=[50, 100])
+    path = plots.plot_accuracy({"val_accuracy": [0.3, 0.7, 0.6]}, str(tmp_path / "a.png"), steps=[50, 100, 150])
+    assert os.path.getsize(path) > 5000
+
+
+def test_a_checkpoint_past_the_budget_is_reported_not_trained(tmp_path, capsys):
+    run_cfg = dataclasses.replace(TINY, model_dir=str(tmp_path), max_iteration=4)
+    train.run(run_cfg, TrainerConfig(method="supervised"), data=_data())
+    capsys.readouterr()
+    results = train.run(dataclasses.replace(run_cfg, max_iteration=2), TrainerConfig(method="supervised"),
+                        data=_data())
+    assert results["steps"] == 4 and "at step 4, past --max_iteration=2" in capsys.readouterr().err
