@@ -10,6 +10,7 @@ One step (SPEC 1.1-1.8), per replica:
 Methods `l2r` and `supervised` share the same inputs, optimizer, EMA and evaluation.
 """
 
+import dataclasses
 import math
 import typing
 
@@ -35,16 +36,19 @@ TRAIN_METRICS = {
             "omega_noisy", "train_acc"),
     "supervised": ("loss", "l2_loss", "train_acc"),
 }
+IMAGE_KEYS = ("weak", "strong", "probe_image")  # training-batch images: float, already scaled to [-1, 1]
 
 
 class StepResult(typing.NamedTuple):
     """What one replica's step computes before anything is assigned."""
-    grads: list            # d(L_total / num_replicas) / d theta, aligned with network.trainable_variables
+    grads: list            # d(S * L_total / num_replicas) / d theta (S: the optimizer's loss scale, 1 unless
+                           # mixed_float16), aligned with network.trainable_variables
     logs: dict             # tracker name -> (value, weight)
     per_example: tuple     # (omega*, lambda*, guessed label) for the label-issue statistics, or None
     state: list            # the weak-view forward's new non-trainable values (BN moving statistics)
 
 
+@keras.saving.register_keras_serializable(package="ieg_tf")
 class IEGTrainer(keras.Model):
     """Trains `network` on noisy labels with a small trusted probe set.
 
@@ -58,8 +62,19 @@ class IEGTrainer(keras.Model):
 
     Each element of the training dataset is a dict with `weak` [B,H,W,C], `strong` (ieg only), `label` int [B],
     `id` int [B] in [0, N), `true_label` int [B] (-1 = unknown; monitoring only), `probe_image` [Bp,H,W,C],
-    `probe_label` int [Bp] (see `ieg_tf.pipeline.train_dataset`). Evaluation data are (image, label) pairs; they
-    are scored with the EMA weights.
+    `probe_label` int [Bp] (see `ieg_tf.pipeline.train_dataset`). Training images are float, already scaled to
+    [-1, 1]. Evaluation data are (image, label) pairs; they are scored with the EMA weights, and uint8 images
+    (0..255, as data sets store them) are scaled to [-1, 1] first, as `ieg_tf.export` does.
+
+    Labels outside [0, C) and ids outside [0, N) stop the step with an InvalidArgumentError naming the key (they
+    would otherwise become all-zero targets or be dropped silently). These are `tf.debugging` asserts, which XLA
+    drops: with `compile(jit_compile=True)` out-of-range values go unchecked, so check new input pipelines once
+    without XLA.
+
+    Set `trainable` on the network's layers before building the trainer: the EMA shadows are made for the
+    trainable variables at that point (a later change is refused; build a new IEGTrainer around the network).
+    `save("x.keras")` / `keras.models.load_model` restore the whole trainer (a subclassed network must be
+    registered with `keras.saving.register_keras_serializable`); `save_weights` needs a trainer built the same way.
     """
 
     def __init__(self, network, num_classes, config=TrainerConfig(), num_train_examples=None, **kwargs):
@@ -70,6 +85,7 @@ class IEGTrainer(keras.Model):
         self.network = network
         self.num_classes = int(num_classes)
         self.config = config
+        self.num_train_examples = int(num_train_examples) if num_train_examples else None
         self.ema_weights = []
         for i, variable in enumerate(network.trainable_variables):
             # Every replica holds the same post-update value, so the first replica's write is the right one.
@@ -112,7 +128,25 @@ class IEGTrainer(keras.Model):
         return variables
 
     def call(self, inputs, training=False):
-        return self.network(inputs, training=training)
+        return self.network(network_inputs(inputs), training=training)
+
+    def get_config(self):
+        """What `save("x.keras")` stores to rebuild the trainer; the weights (EMA shadows, per-example statistics,
+        meta cache, optimizer slots) are saved beside it by Keras."""
+        return {**super().get_config(), "network": keras.saving.serialize_keras_object(self.network),
+                "num_classes": self.num_classes, "config": dataclasses.asdict(self.config),
+                "num_train_examples": self.num_train_examples}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        network = keras.saving.deserialize_keras_object(config.pop("network"), custom_objects=custom_objects)
+        return cls(network, config.pop("num_classes"), TrainerConfig(**config.pop("config")), **config)
+
+    def compile_from_config(self, config):
+        """`load_model` compiles through here (Keras skips an overridden `compile` otherwise), so the optimizer
+        and its slots exist before the saved optimizer state is loaded into them."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
 
     # ------------------------------------------------------------------ training
     def train_step(self, data):
@@ -126,6 +160,7 @@ class IEGTrainer(keras.Model):
             raise ValueError(f"method {self.config.method} needs training batches with keys {required}; missing "
                              f"{missing}. Build them with ieg_tf.pipeline.train_dataset (a probe set is needed "
                              "for ieg and l2r).")
+        data = self._checked_batch(data)
         seed = self.step_seed()
         step = self.compute_gradients(data, seed)
         if self.meta_cache is not None:  # before `apply`, which advances the iteration that says "solved"
@@ -147,6 +182,20 @@ class IEGTrainer(keras.Model):
         seed = tf.constant([self.config.seed, 0], tf.int32)
         return random_ops.fold_in(random_ops.fold_in(seed, self.optimizer.iterations), replica_id)
 
+    def _checked_batch(self, data):
+        """`data` with its labels and ids checked: static problems (one-hot labels, uint8 images) raise ValueError
+        at trace time; out-of-range values stop the step with an assert before they become all-zero targets."""
+        checked = dict(data)
+        for key in IMAGE_KEYS:
+            if key in data:
+                _check_float_images(data[key], key)
+        for key in ("label", "probe_label"):
+            if key in data:
+                checked[key] = checked_indices(data[key], key, self.num_classes, "class labels")
+        if self.num_train_examples:  # ids index the per-example variables only when N is known
+            checked["id"] = checked_indices(data["id"], "id", self.num_train_examples, "example ids")
+        return checked
+
     def compute_gradients(self, data, seed):
         """One replica's step without side effects: a StepResult (see its fields).
 
@@ -162,8 +211,11 @@ class IEGTrainer(keras.Model):
         return x, y, true
 
     def _scale(self, loss):
-        # Hand-written losses: the strategy sums replica gradients, so each replica contributes 1/n of its mean.
-        return loss / tf.distribute.get_strategy().num_replicas_in_sync
+        """The loss to differentiate, inside the tape: 1/n of the replica's mean (the strategy sums replica
+        gradients), times the optimizer's loss scale. Under mixed_float16 Keras wraps the optimizer in a
+        LossScaleOptimizer whose `apply` divides the gradients by that scale, as Keras' own train_step expects."""
+        loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
+        return loss if self.optimizer is None else self.optimizer.scale_loss(loss)
 
     def _ieg_step(self, data, seed):
         cfg, net = self.config, self.network
@@ -318,6 +370,7 @@ class IEGTrainer(keras.Model):
         """z = f(x) in training mode and the network's new non-trainable state (BN statistics), not yet assigned."""
         net = self.network
         z, state = net.stateless_call(net.trainable_variables, net.non_trainable_variables, x, training=True)
+        check_logits_size(z, self.num_classes)
         return losses.full_precision(z), state
 
     def commit_state(self, state):
@@ -361,8 +414,14 @@ class IEGTrainer(keras.Model):
         accelerators = tf.config.list_logical_devices("GPU") + tf.config.list_logical_devices("TPU")
         return not self.jit_compile or bool(accelerators)
 
+    @property
+    def base_optimizer(self):
+        """The optimizer that updates the weights: compile's, unwrapped from the LossScaleOptimizer Keras adds
+        under mixed_float16 (the wrapper has no momentum accumulators of its own)."""
+        return getattr(self.optimizer, "inner_optimizer", self.optimizer)
+
     def _accumulators(self):
-        accumulator = getattr(self.optimizer, "accumulator", None)
+        accumulator = getattr(self.base_optimizer, "accumulator", None)
         if accumulator is None or not self.config.meta_momentum:
             return None
         return [accumulator(v) for v in self.network.trainable_variables]
@@ -372,19 +431,39 @@ class IEGTrainer(keras.Model):
         return cfg.weight_decay if cfg.probe_weight_decay is None else cfg.probe_weight_decay
 
     def update_ema(self):
+        self.check_ema_matches_network()
         decay = ema_decay(self.optimizer.iterations, self.config.ema_decay)
         for shadow, variable in zip(self.ema_weights, self.network.trainable_variables):
             shadow.assign(decay * shadow + (1.0 - decay) * tf.cast(variable, shadow.dtype))
 
     # ------------------------------------------------------------------ evaluation
     def ema_logits(self, images):
-        """Logits of the EMA weights with the live BN moving statistics (inference mode)."""
+        """Logits of the EMA weights with the live BN moving statistics (inference mode); uint8 images (0..255)
+        are scaled to [-1, 1] first, float images are taken as already scaled."""
+        self.check_ema_matches_network()
         logits, _ = self.network.stateless_call(
-            self.ema_weights, self.network.non_trainable_variables, images, training=False)
+            self.ema_weights, self.network.non_trainable_variables, network_inputs(images), training=False)
+        check_logits_size(logits, self.num_classes)
         return tf.cast(logits, tf.float32)
 
+    def check_ema_matches_network(self):
+        """Raises ValueError if the network's trainable variables no longer match the EMA shadows made for them
+        in __init__ (layers frozen or unfrozen since): the EMA would be paired with the wrong variables."""
+        variables = self.network.trainable_variables
+        shapes = [tuple(v.shape) for v in variables]
+        if shapes != [tuple(s.shape) for s in self.ema_weights]:
+            raise ValueError(
+                f"the network has {len(variables)} trainable variables but the trainer keeps EMA shadows of the "
+                f"{len(self.ema_weights)} it had when the IEGTrainer was built: `trainable` changed afterwards. "
+                "Set layer.trainable before building the IEGTrainer, or build a new IEGTrainer around the network "
+                "for the next phase (e.g. fine-tuning after training the head)")
+
     def test_step(self, data):
-        images, labels = data[0], tf.cast(data[1], tf.int32)
+        if not isinstance(data, (tuple, list)) or len(data) < 2:
+            raise ValueError("evaluation data must be (images, labels) pairs, e.g. evaluate(images, labels) or a "
+                             "tf.data.Dataset of (images, labels) (ieg_tf.pipeline.eval_dataset)")
+        images = data[0]
+        labels = checked_indices(data[1], "evaluation label", self.num_classes, "class labels")
         logits = self.ema_logits(images)
         onehot = tf.one_hot(labels, self.num_classes)
         self.eval_loss.update_state(losses.cross_entropy(onehot, logits))
@@ -398,12 +477,34 @@ class IEGTrainer(keras.Model):
     def fit(self, *args, callbacks=None, shuffle=False, **kwargs):
         """Keras `fit`, stopped by `NonFiniteLossError` at the first NaN or Inf training loss (a
         `StopOnNonFiniteLoss` is added unless `callbacks` has one). `shuffle` defaults to False: the training
-        data are a `tf.data` pipeline that shuffles itself (`ieg_tf.pipeline.train_dataset`)."""
+        data are a `tf.data` pipeline that shuffles itself (`ieg_tf.pipeline.train_dataset`).
+
+        Refused: class_weight / sample_weight (the step weights examples itself, by omega*), a global batch that
+        the strategy's replicas cannot split evenly (where the dataset's batch size is static), and EMA shadows
+        that no longer match the network's trainable variables."""
+        for name in ("class_weight", "sample_weight"):
+            if kwargs.get(name) is not None:
+                raise ValueError(f"IEGTrainer.fit does not take {name}: the training step weights every example "
+                                 "itself (omega*, or uniformly for method=supervised); drop the argument, or "
+                                 "resample the training data to change class frequencies")
+        self.check_ema_matches_network()
+        data = args[0] if args else kwargs.get("x")
+        check_replica_batch(data, self.distribute_strategy.num_replicas_in_sync)
         if not isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks = list(callbacks or [])
             if not any(isinstance(c, StopOnNonFiniteLoss) for c in callbacks):
                 callbacks.append(StopOnNonFiniteLoss())
         return super().fit(*args, callbacks=callbacks, shuffle=shuffle, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        """Keras `evaluate` with the EMA weights; refused if the EMA shadows no longer match the network."""
+        self.check_ema_matches_network()
+        return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        """Keras `predict`: softmax of the EMA logits; refused if the EMA shadows no longer match the network."""
+        self.check_ema_matches_network()
+        return super().predict(*args, **kwargs)
 
     def check_finite(self):
         """Raises ValueError if a weight (network or EMA) is NaN or Inf: what a diverged training leaves, which
@@ -414,8 +515,17 @@ class IEGTrainer(keras.Model):
         """Keras `compile`; the default optimizer is the reference's TF1 momentum at a constant 0.1.
 
         The optimizer's slots are created here: the meta step reads the momentum accumulators, and Keras 3
-        needs them to exist before a custom `train_step` is traced.
+        needs them to exist before a custom `train_step` is traced. `loss`, `metrics` and their weights are
+        refused: the step computes IEG's losses (set by TrainerConfig) and reports its own metrics, so Keras'
+        would be ignored.
         """
+        given = [k for k in ("loss", "loss_weights", "metrics", "weighted_metrics") if kwargs.get(k) is not None]
+        if given:
+            raise ValueError(f"IEGTrainer.compile does not take {', '.join(given)}: the training step computes "
+                             "IEG's losses itself (weights in TrainerConfig) and reports its own metrics "
+                             f"({', '.join(TRAIN_METRICS[self.config.method])}; evaluation: loss, accuracy). "
+                             "Pass only the optimizer (and e.g. jit_compile)")
+        self.check_ema_matches_network()
         super().compile(optimizer=optimizer if optimizer is not None else TF1Momentum(0.1), **kwargs)
         self.optimizer.build(self.network.trainable_variables)
 
@@ -450,18 +560,24 @@ def check_finite_weights(variables):
 
 
 def check_logits_network(network, num_classes):
-    """Raises ValueError unless the network ends in `num_classes` logits: its output size (where Keras knows it)
-    must be the class count, and its last layer must not apply softmax or sigmoid (the losses apply softmax)."""
+    """Raises ValueError unless the network ends in `num_classes` logits.
+
+    Functional and Sequential networks (which have `outputs`): the output size must be the class count, and the
+    output layer must not apply softmax or sigmoid (the losses apply softmax). A subclassed network has no
+    output layer to inspect (its `layers` are in attribute order); its logits are checked on a symbolic call
+    where it was built with a known input shape, and in any case when a step is traced (`check_logits_size`).
+    """
     outputs = getattr(network, "outputs", None)
-    if outputs:
-        if len(outputs) != 1:
-            raise ValueError(f"the network has {len(outputs)} outputs; IEGTrainer needs one, the class logits")
-        size = outputs[0].shape[-1]
-        if size is not None and size != int(num_classes):
-            raise ValueError(f"the network outputs {size} values per image but there are {num_classes} classes: "
-                             f"end it with keras.layers.Dense({num_classes}) (no activation)")
+    if not outputs:
+        size = _symbolic_logits_size(network)
+        if size is not None:
+            _check_size(size, num_classes)
+        return
+    if len(outputs) != 1:
+        raise ValueError(f"the network has {len(outputs)} outputs; IEGTrainer needs one, the class logits")
+    _check_size(outputs[0].shape[-1], num_classes)
     layer = network
-    while getattr(layer, "layers", None):
+    while getattr(layer, "outputs", None) and getattr(layer, "layers", None):  # into nested functional models
         layer = layer.layers[-1]
     activation = "softmax" if isinstance(layer, keras.layers.Softmax) else getattr(
         getattr(layer, "activation", None), "__name__", None)
@@ -469,6 +585,84 @@ def check_logits_network(network, num_classes):
         raise ValueError(f"the network's last layer ({layer.name}) applies {activation}, but IEGTrainer needs "
                          f"logits (its losses apply softmax themselves): drop the activation, e.g. keras.layers."
                          f"Dense({num_classes}) instead of Dense({num_classes}, activation='{activation}')")
+
+
+def check_logits_size(logits, num_classes):
+    """Raises ValueError at trace time unless `logits` have `num_classes` values per image (subclassed networks,
+    whose output size is not known before they run)."""
+    _check_size(logits.shape[-1] if logits.shape.rank else None, num_classes)
+
+
+def _check_size(size, num_classes):
+    if size is not None and size != int(num_classes):
+        raise ValueError(f"the network outputs {size} values per image but there are {num_classes} classes: "
+                         f"end it with keras.layers.Dense({num_classes}) (no activation)")
+
+
+def _symbolic_logits_size(network):
+    """The last dimension of a subclassed network's output for the input shape it was built with, or None when
+    that is unknown. Any failure of the symbolic call also gives None: the trace-time check still applies."""
+    shape = (network.get_build_config() or {}).get("input_shape")
+    if not shape or not all(d is None or isinstance(d, int) for d in shape):
+        return None
+    try:
+        spec = network.compute_output_spec(keras.KerasTensor((None, *shape[1:])))
+    except Exception:  # noqa: BLE001 - networks may not support symbolic calls; the step checks again
+        return None
+    return spec.shape[-1] if hasattr(spec, "shape") and spec.shape else None
+
+
+def network_inputs(images):
+    """Images as the networks take them: uint8 (0..255, as data sets store them) scaled to [-1, 1] by
+    `ieg_tf.export.scale_images`; other dtypes are taken as already scaled."""
+    from ieg_tf import export  # here, not at the top: export imports this module
+    dtype = getattr(images, "dtype", None)  # read without converting: Keras may pass symbolic tensors
+    if dtype is None or keras.backend.standardize_dtype(dtype) != "uint8":
+        return images
+    return export.scale_images(images)
+
+
+def checked_indices(values, key, limit, what):
+    """`values` as int32 [B], with asserts that they lie in [0, limit) run before any use (tf.one_hot would make
+    an out-of-range label an all-zero target; scatters drop or fail on out-of-range ids). XLA drops asserts.
+
+    Raises:
+      ValueError: values that are not rank 1 (one-hot labels), at trace time.
+    """
+    values = tf.convert_to_tensor(values)
+    if values.shape.rank is not None and values.shape.rank != 1:
+        raise ValueError(f"'{key}' must be {what} of shape [batch], got shape {values.shape.as_list()}; one-hot "
+                         f"labels? pass tf.argmax(labels, axis=-1) (integer class indices in [0, {limit}))")
+    values = tf.cast(values, tf.int32)
+    # No quotes: the assert's message reaches the user with them backslash-escaped.
+    message = f"{key} holds values outside [0, {limit}): {what} must lie in [0, {limit})"
+    asserts = [tf.debugging.assert_non_negative(values, message=message),
+               tf.debugging.assert_less(values, tf.constant(limit, tf.int32), message=message)]
+    with tf.control_dependencies(asserts):
+        return tf.identity(values)
+
+
+def _check_float_images(images, key):
+    dtype = tf.as_dtype(images.dtype)
+    if not dtype.is_floating:
+        raise ValueError(f"training images '{key}' must be float, already scaled to [-1, 1]; got {dtype.name}. Scale "
+                         "uint8 images with ieg_tf.export.scale_images, or build the batches with "
+                         "ieg_tf.pipeline.train_dataset")
+
+
+def check_replica_batch(data, num_replicas):
+    """Raises ValueError if `data` (a tf.data.Dataset of training dicts) has a static global batch size that
+    `num_replicas` replicas cannot split evenly: a 15 = 8 + 7 split would weight the replicas' means equally, so
+    the examples of the smaller share would count more. Batches of unknown size are not checked."""
+    spec = getattr(data, "element_spec", None)
+    if num_replicas <= 1 or not isinstance(spec, dict) or "weak" not in spec:
+        return
+    batch = spec["weak"].shape[0] if spec["weak"].shape.rank else None
+    if batch is not None and batch % num_replicas:
+        raise ValueError(f"the global batch of {batch} examples does not split evenly over {num_replicas} replicas "
+                         f"(each replica's mean would weigh its examples differently); use a batch size divisible "
+                         f"by {num_replicas}, e.g. {batch - batch % num_replicas or num_replicas}, or the "
+                         "per-replica batch of ieg_tf.pipeline.train_dataset")
 
 
 def _global_results(metrics):

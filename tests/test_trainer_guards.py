@@ -1,0 +1,217 @@
+"""IEGTrainer's guards against inputs and uses that used to train wrongly or fail deep in Keras: mixed_float16 loss
+scaling, uint8 evaluation images, out-of-range or one-hot labels and ids, .keras saving, subclassed networks,
+`trainable` changed after building, uneven replica batches, and Keras arguments the trainer would ignore."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tinydata
+from ieg_tf import export, model
+from ieg_tf.config import TrainerConfig
+from ieg_tf.model import IEGTrainer
+from ieg_tf.optim import TF1Momentum
+
+
+def _data(batch_size=16):
+    x, noisy, true, centers = tinydata.blobs(per_class=16)
+    return x, true, tinydata.train_dataset(x, noisy, true, *tinydata.probe(centers), batch_size=batch_size)
+
+
+def _trainer(method="supervised", network=None, **config):
+    trainer = IEGTrainer(network or tinydata.mlp(), 4, TrainerConfig(method=method, **config), num_train_examples=64)
+    trainer.compile(optimizer=TF1Momentum(0.1), jit_compile=False)
+    return trainer
+
+
+def _max_change(before, variables):
+    return max(float(np.max(np.abs(v.numpy() - b))) for v, b in zip(variables, before))
+
+
+def test_mixed_float16_steps_move_the_weights_like_float32_and_the_look_ahead_reads_the_momentum():
+    """Keras wraps the optimizer in a LossScaleOptimizer that divides the gradients by the loss scale (32768): an
+    unscaled loss left the weights almost still, and the wrapper hid the TF1Momentum accumulators."""
+    batch = next(iter(_data()[2]))
+    moved = {}
+    try:
+        for policy in ("float32", "mixed_float16"):
+            keras.mixed_precision.set_global_policy(policy)
+            trainer = _trainer()
+            before = [v.numpy() for v in trainer.network.trainable_variables]
+            trainer.train_on_batch(batch)
+            moved[policy] = _max_change(before, trainer.network.trainable_variables)
+        assert type(trainer.optimizer).__name__ == "LossScaleOptimizer"
+        assert isinstance(trainer.base_optimizer, TF1Momentum)
+        slots = trainer._accumulators()
+        assert slots is not None
+        variables = trainer.network.trainable_variables
+        assert all(a is trainer.base_optimizer.accumulator(v) for a, v in zip(slots, variables))
+        assert any(np.abs(a.numpy()).max() > 0 for a in slots)  # the step's gradient, unscaled, is in the slots
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert moved["float32"] > 1e-2
+    assert 0.5 < moved["mixed_float16"] / moved["float32"] < 2.0, moved
+
+
+def test_predict_and_evaluate_scale_uint8_images_like_the_exported_model():
+    trainer = _trainer()
+    images = np.random.default_rng(0).integers(0, 256, size=(24, *tinydata.SHAPE)).astype(np.uint8)
+    labels = np.arange(24, dtype=np.int32) % 4
+    scaled = tinydata.eval_dataset(export.scale_images(images).numpy(), labels)
+    history = trainer.fit(_data()[2], steps_per_epoch=1, epochs=1, verbose=0, validation_data=(images, labels))
+    np.testing.assert_allclose(trainer.predict(images, verbose=0), trainer.predict(scaled, verbose=0), atol=1e-6)
+    on_scaled = trainer.evaluate(scaled, verbose=0, return_dict=True)
+    on_uint8 = trainer.evaluate(images, labels, verbose=0, return_dict=True)
+    np.testing.assert_allclose(on_uint8["loss"], on_scaled["loss"], rtol=1e-5)
+    np.testing.assert_allclose(history.history["val_loss"], [on_scaled["loss"]], rtol=1e-5)
+
+
+def test_out_of_range_labels_and_ids_stop_the_step_with_the_key_and_range():
+    trainer = _trainer()
+    batch = next(iter(_data()[2]))
+    cases = [("label", lambda v: v + 1, r"\blabel holds values outside \[0, 4\)"),
+             ("label", lambda v: v - 4, r"\blabel holds values outside \[0, 4\)"),
+             ("probe_label", lambda v: v + 4, r"probe_label holds values outside \[0, 4\)"),
+             ("id", lambda v: v + 64, r"\bid holds values outside \[0, 64\)"),
+             ("id", lambda v: v - 64, r"\bid holds values outside \[0, 64\)")]
+    for key, corrupt, message in cases:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            trainer.train_on_batch({**batch, key: corrupt(batch[key])})
+    x, true, _ = _data()
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"evaluation label holds values outside \[0, 4\)"):
+        trainer.evaluate(x[:8], true[:8] + 4, verbose=0)
+
+
+def test_one_hot_labels_and_uint8_training_images_are_refused_naming_the_remedy():
+    trainer = _trainer()
+    batch = next(iter(_data()[2]))
+    for key in ("label", "probe_label"):
+        with pytest.raises(ValueError, match=rf"'{key}' must be class labels of shape \[batch\].*tf.argmax"):
+            trainer.train_on_batch({**batch, key: tf.one_hot(batch[key], 4)})
+    with pytest.raises(ValueError, match="'weak' must be float.*got uint8.*scale_images"):
+        trainer.train_on_batch({**batch, "weak": tf.zeros(batch["weak"].shape, tf.uint8)})
+    x, true, _ = _data()
+    with pytest.raises(ValueError, match=r"'evaluation label' must be class labels.*tf.argmax"):
+        trainer.evaluate(x[:8], np.eye(4)[true[:8]], verbose=0)
+
+
+def test_keras_arguments_the_trainer_would_ignore_are_refused():
+    trainer = _trainer()
+    data = _data()[2]
+    for argument in ({"class_weight": {0: 2.0, 1: 1.0, 2: 1.0, 3: 1.0}}, {"sample_weight": np.ones(16)}):
+        with pytest.raises(ValueError, match=f"does not take {next(iter(argument))}"):
+            trainer.fit(data, steps_per_epoch=1, epochs=1, verbose=0, **argument)
+    for argument in ({"loss": "sparse_categorical_crossentropy"}, {"metrics": ["accuracy"]}):
+        with pytest.raises(ValueError, match=f"compile does not take {next(iter(argument))}.*optimizer"):
+            trainer.compile(optimizer=TF1Momentum(0.1), **argument)
+    assert int(trainer.optimizer.iterations) == 0
+
+
+def _assert_same_trainer(loaded, trainer):
+    assert isinstance(loaded, IEGTrainer)
+    assert (loaded.num_classes, loaded.config, loaded.num_train_examples) == (4, trainer.config, 64)
+    for name in ("ema_weights", "weights"):
+        got, want = getattr(loaded, name), getattr(trainer, name)
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=f"{name}: {b.path}")
+    assert len(loaded.optimizer.variables) == len(trainer.optimizer.variables)
+    for a, b in zip(loaded.optimizer.variables, trainer.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=b.path)
+
+
+# Keras' .keras writer converts the sum-synchronised per-example variables with np.array(copy=False).
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_save_keras_and_model_checkpoint_restore_a_trainer_that_trains_on(tmp_path):
+    """Every state variable is checked: EMA shadows (distinct from the live weights after training), the
+    per-example sums, the meta cache, the trackers and the optimizer's step and momentum."""
+    x, true, data = _data()
+    trainer = _trainer("l2r", meta_every=2)
+    best = os.path.join(tmp_path, "best.keras")
+    trainer.fit(data, steps_per_epoch=2, epochs=1, verbose=0, validation_data=tinydata.eval_dataset(x, true),
+                callbacks=[keras.callbacks.ModelCheckpoint(best)])
+    assert trainer.example_stats.visits.numpy().sum() == 32
+    assert np.any(trainer.meta_cache.relative_weight.numpy() >= 0)
+    assert not np.allclose(trainer.ema_weights[0].numpy(), trainer.network.trainable_variables[0].numpy())
+    _assert_same_trainer(keras.models.load_model(best), trainer)
+
+    path = os.path.join(tmp_path, "trainer.keras")
+    trainer.save(path)
+    loaded = keras.models.load_model(path)
+    _assert_same_trainer(loaded, trainer)
+    batch = next(iter(data))
+    for t in (trainer, loaded):
+        t.train_on_batch(batch)
+    _assert_same_trainer(loaded, trainer)  # same next step: optimizer state and step seed were restored
+
+
+class _GatedLogits(keras.Model):
+    """Valid logits; the last layer assigned (so `layers[-1]`) is an internal softmax gate."""
+
+    def __init__(self, outputs=4):
+        super().__init__()
+        self.flatten = keras.layers.Flatten()
+        self.head = keras.layers.Dense(outputs)
+        self.gate = keras.layers.Dense(16, activation="softmax")
+
+    def call(self, x, training=False):
+        h = self.flatten(x)
+        return self.head(h * self.gate(h))
+
+
+def _built(network):
+    network(np.zeros((1, *tinydata.SHAPE), np.float32))
+    return network
+
+
+def test_subclassed_networks_are_checked_by_their_logits_not_their_last_attribute(monkeypatch):
+    trainer = _trainer(network=_built(_GatedLogits()))
+    trainer.train_on_batch(next(iter(_data()[2])))
+    with pytest.raises(ValueError, match=r"outputs 10 values per image but there are 4 classes.*Dense\(4\)"):
+        IEGTrainer(_built(_GatedLogits(10)), 4)
+    # Where no symbolic call can tell the size, the traced step does.
+    monkeypatch.setattr(model, "_symbolic_logits_size", lambda network: None)
+    trainer = _trainer(network=_built(_GatedLogits(10)))
+    with pytest.raises(ValueError, match="outputs 10 values per image but there are 4 classes"):
+        trainer.train_on_batch(next(iter(_data()[2])))
+    with pytest.raises(ValueError, match="outputs 10 values per image but there are 4 classes"):
+        trainer.predict(np.zeros((2, *tinydata.SHAPE), np.float32), verbose=0)
+
+
+def test_changing_trainable_after_building_the_trainer_is_refused():
+    network = tinydata.mlp()
+    trainer = _trainer(network=network)
+    first_dense = next(layer for layer in network.layers if isinstance(layer, keras.layers.Dense))
+    first_dense.trainable = False  # frozen after the EMA shadows were made
+    x, true, data = _data()
+    message = "changed afterwards. Set layer.trainable before building the IEGTrainer"
+    with pytest.raises(ValueError, match=message):
+        trainer.compile(optimizer=TF1Momentum(0.01))
+    with pytest.raises(ValueError, match=message):
+        trainer.fit(data, steps_per_epoch=1, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=message):
+        trainer.evaluate(x[:8], true[:8], verbose=0)
+    _trainer(network=network)  # a new trainer around the frozen network is the way
+
+
+class _TwoReplicas:
+    num_replicas_in_sync = 2
+
+
+def test_a_global_batch_the_replicas_cannot_split_evenly_is_refused(monkeypatch):
+    """Two replicas would split 15 examples 8 + 7 and weight both means equally (MirroredStrategy itself is
+    covered in test_distribute.py; here the check and its wiring into fit)."""
+    _, _, data = _data(batch_size=15)
+    with pytest.raises(ValueError, match="global batch of 15 examples does not split evenly over 2 replicas"):
+        model.check_replica_batch(data, 2)
+    model.check_replica_batch(data, 1)
+    model.check_replica_batch(_data(batch_size=16)[2], 2)
+    model.check_replica_batch(data.unbatch().batch(15), 2)  # unknown static batch: not checkable, accepted
+    trainer = _trainer()
+    monkeypatch.setattr(IEGTrainer, "distribute_strategy", property(lambda self: _TwoReplicas()))
+    with pytest.raises(ValueError, match="does not split evenly over 2 replicas"):
+        trainer.fit(data, steps_per_epoch=1, epochs=1, verbose=0)
+    assert int(trainer.optimizer.iterations) == 0
