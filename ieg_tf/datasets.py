@@ -16,6 +16,8 @@ from ieg_tf import image_files, noise, sources
 DATASETS = ("digits", "cifar10", "cifar100", "folder", "list", "arrays")
 _BENCHMARKS = ("digits", "cifar10", "cifar100")  # their given labels are clean
 _SPLIT_ARRAYS = ("noisy_labels", "true_labels", "train_ids", "probe_ids", "probe_labels")
+_FILE_ORDER = ("; for image files the labels follow the training files, folder data by sorted class folder then "
+               "sorted file name, list data by line, without files skipped by --skip_bad_images")
 
 
 @dataclasses.dataclass
@@ -27,7 +29,8 @@ class NoisyData:
     split); probe_ids are -1 for a probe given separately. The probe arrays are in class-interleaved order
     (SPEC 3.7). train_true_labels is None when the clean labels are unknown (user data whose given labels are
     the noisy ones); noise_rate_realized is then None too. For semantic and file noise, which have no requested
-    rate, noise_ratio is the realised rate.
+    rate, noise_ratio is the realised rate. train_paths holds the image file of each training example for folder /
+    list data (decoded or not), so a report row can name its file; None for data that did not come from files.
     """
     name: str
     num_classes: int
@@ -46,6 +49,7 @@ class NoisyData:
     noise_ratio: float
     noise_rate_realized: float | None
     augment_kind: str
+    train_paths: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +61,8 @@ class DataSpec:
     probe_per_class: int | None = 1    # None: every image of a separately given probe set
     noise_type: str = "uniform"        # uniform | flip | asymmetric | semantic | file | none
     noise_ratio: float = 0.8
-    noise_file: str | None = None      # .npy or .csv, one label per ORIGINAL training example (CIFAR-10N style)
+    noise_file: str | None = None      # .npy or .csv, one label per ORIGINAL training example (CIFAR-10N style);
+    #                                    folder: sorted class folders, then sorted file names; list: line order
     seed: int = 12345
     train_dir: str | None = None       # folder: train_dir/<class_name>/*.png|jpg
     test_dir: str | None = None
@@ -91,9 +96,11 @@ def load_dataset(spec):
     Raises:
       ValueError: unknown data set or noise type, ratio outside [0, 1], missing or malformed data (images and
         labels of different lengths, channels-first images, splits whose images differ in shape, an empty training
-        set), a class with fewer than probe_per_class + 1 training images, or a noise file of the wrong length.
+        set), a class with fewer than probe_per_class + 1 training images, class names not one per class, a
+        noise file of the wrong length, or a noise file on folder / list data without a separate test split.
     """
     _check_noise(spec.noise_type, spec.noise_ratio)
+    _check_noise_file_split(spec)
     raw = _read(spec)
     return _build(raw, spec, raw.train_labels, raw.train_labels,
                   spec.noise_type != "none" or spec.dataset in _BENCHMARKS)
@@ -128,9 +135,13 @@ def from_arrays(train_images, train_labels=None, test_images=None, test_labels=N
 
     Raises:
       ValueError: malformed arrays (e.g. channels-first), mismatched lengths, splits whose images differ in shape,
-        labels out of range, or a bad noise request.
+        labels out of range, labels that are not one class id per image (e.g. one-hot in a tf.data.Dataset),
+        probe_labels without probe_images, class_names not one per class, or a bad noise request.
     """
     _check_noise(noise_type, noise_ratio)
+    if probe_labels is not None and probe_images is None:
+        raise ValueError("probe_labels given without probe_images: a separate probe set needs both (then the probe "
+                         "is taken from them); to split the probe off the training set, pass neither")
     if noise_type == "file":
         raise ValueError("noise_type='file' is for load_dataset; with arrays pass the noisy labels as train_labels, "
                          "the clean ones as true_labels and noise_type='none'")
@@ -257,6 +268,7 @@ def _build(raw, spec, given, trusted, true_known):
     """Probe split from `trusted`, then noise on `given` (labels of the original training set)."""
     _check_shapes(raw)
     hint = _inferred_classes_hint(raw)
+    _check_class_names(raw)
     _check_classes(raw, trusted, hint)
     if spec.probe_per_class is not None and spec.probe_per_class < 0:
         raise ValueError(f"probe_per_class must be >= 0, got {spec.probe_per_class}")
@@ -272,7 +284,9 @@ def _build(raw, spec, given, trusted, true_known):
     noisy = _corrupt(raw, spec, given, train_idx)
     true = trusted[train_idx] if true_known else None
     realized = None if true is None else float(np.mean(noisy != true)) if len(true) else 0.0
-    ratio = realized if spec.noise_type in ("semantic", "file") else spec.noise_ratio
+    # The requested ratio means nothing without injected noise: none records 0, semantic and file the realised rate.
+    ratio = 0.0 if spec.noise_type == "none" else realized if spec.noise_type in ("semantic", "file") \
+        else spec.noise_ratio
     return NoisyData(
         name=raw.name, num_classes=raw.num_classes, class_names=raw.class_names,
         image_shape=tuple(int(d) for d in raw.image_shape), train_images=raw.train_images[train_idx],
@@ -280,7 +294,8 @@ def _build(raw, spec, given, trusted, true_known):
         train_ids=train_idx.astype(np.int64), probe_images=probe_images,
         probe_labels=probe_labels.astype(np.int32), probe_ids=probe_ids.astype(np.int64),
         test_images=raw.test_images, test_labels=raw.test_labels.astype(np.int32), noise_type=spec.noise_type,
-        noise_ratio=float(ratio), noise_rate_realized=realized, augment_kind=raw.augment_kind)
+        noise_ratio=float(ratio), noise_rate_realized=realized, augment_kind=raw.augment_kind,
+        train_paths=None if raw.train_paths is None else raw.train_paths[train_idx])
 
 
 def _corrupt(raw, spec, given, train_idx):
@@ -292,7 +307,8 @@ def _corrupt(raw, spec, given, train_idx):
         labels = sources.check_labels(sources.read_label_file(spec.noise_file), spec.noise_file, raw.num_classes)
         if len(labels) != len(given):
             raise ValueError(f"noise file {spec.noise_file} has {len(labels)} labels but the original training "
-                             f"set of {raw.name} has {len(given)} examples (one label per example, probe included)")
+                             f"set of {raw.name} has {len(given)} examples (one label per example, probe included)"
+                             f"{_FILE_ORDER if raw.train_paths is not None else ''}")
         return labels[train_idx]
     if spec.noise_type == "semantic":
         model = None
@@ -335,6 +351,30 @@ def _check_shapes(raw):
                          f"{', '.join(f'{what} {shape}' for what, shape in shapes.items())}); resize / convert the "
                          f"{' and '.join(differ)} images to {shapes['train']} so all splits match (tf.image.resize for "
                          "the size, np.repeat(images, 3, -1) or tf.image.rgb_to_grayscale for the channels)")
+
+
+def _check_class_names(raw):
+    """One name per class id: a list of another length would be cut short in test_confusion.csv, which then cannot
+    be read back."""
+    if raw.class_names is None or len(raw.class_names) == raw.num_classes:
+        return
+    inferred = (f"; the class count was taken as max(label)+1 from the labels: {raw.num_classes_fix} if a class has "
+                "no label yet" if raw.num_classes_fix else "")
+    raise ValueError(f"{raw.name}: class_names has {len(raw.class_names)} names but there are {raw.num_classes} "
+                     f"classes; give one name per class id 0..{raw.num_classes - 1}, or class_names=None{inferred}")
+
+
+def _check_noise_file_split(spec):
+    """Refuses file noise on folder / list data without a separate test split: the held-out 20% test images are
+    taken from the training files first, so a noise file (one label per training example) could not be lined up
+    with the files."""
+    test = {"folder": ("test_dir", "--test_dir", "folders"), "list": ("test_list", "--test_list", "list file")}
+    field, flag, labels_in = test.get(spec.dataset, (None, None, None))
+    if spec.noise_type == "file" and field and not getattr(spec, field):
+        raise ValueError(f"noise_type=file with dataset={spec.dataset} needs a separate test split ({flag}): without "
+                         "one, 20% of the training images are held out for testing before the noise file is applied, "
+                         f"so its labels would not line up with the files; pass {flag}, or put the noisy labels into "
+                         f"the {labels_in} and use noise_type=none")
 
 
 def _check_classes(raw, trusted, hint=""):

@@ -6,6 +6,7 @@ with a few broken JPEGs) such files are skipped with one warning instead.
 """
 
 import os
+import re
 import warnings
 
 import numpy as np
@@ -16,7 +17,13 @@ from ieg_tf.sources import SPLIT_SEED, RawData, augment_kind_for, check_labels, 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 SMALL_IMAGE_MAX = 64          # larger images stay on disk and get Inception crops in the pipeline
 HELD_OUT_TEST_FRACTION = 0.2  # folder / list sets given without a test split
-_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+_GRAY_MODES = ("1", "L", "LA", "I", "F")  # and the 16-bit modes I;16, I;16B, I;16L, I;16N (see _is_gray)
+_UINT16_MAX = 65535
+
+
+class UnsupportedPixelsError(ValueError):
+    """An image whose pixel values have no defined mapping to 8 bit (e.g. 32-bit float); not a broken file, so
+    --skip_bad_images does not hide it."""
 
 
 def read_folder(directory, class_names=None):
@@ -41,31 +48,47 @@ def read_folder(directory, class_names=None):
 
 
 def read_list(list_file, image_root=None):
-    """Paths and labels from lines 'relative/path.jpg,label' or 'relative/path.jpg label' (WebVision style)."""
+    """Paths and labels from lines 'relative/path.jpg,label' or 'relative/path.jpg label' (WebVision style).
+
+    Blank lines and lines starting with '#' are ignored. The first other line is a header (e.g. 'filename,class_id')
+    and skipped when its label field has no digit; any other line without an integer label (or with a negative
+    one) is an error naming its line number.
+    """
     if not list_file or not os.path.exists(list_file):
         raise ValueError(f"list file {list_file!r} not found")
     root = image_root or os.path.dirname(os.path.abspath(list_file))
-    paths, labels = [], []
+    paths, labels, first = [], [], True
     with open(list_file) as f:
         for number, line in enumerate(f, 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
             parts = line.rsplit(",", 1) if "," in line else line.rsplit(None, 1)
-            if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
-                if number == 1 and len(parts) == 2 and parts[1].strip().isalpha():
-                    continue  # header such as 'path,label'
-                raise ValueError(f"{list_file} line {number}: expected 'path,label' with an integer label, "
-                                 f"got {line!r}")
-            paths.append(os.path.join(root, parts[0].strip()))
-            labels.append(int(parts[1]))
+            label = _list_label(parts, line, f"{list_file} line {number}", header_allowed=first)
+            first = False
+            if label is not None:
+                paths.append(os.path.join(root, parts[0].strip()))
+                labels.append(label)
     if not paths:
         raise ValueError(f"list file {list_file} names no images")
     return paths, check_labels(np.array(labels), list_file)
 
 
+def _list_label(parts, line, where, header_allowed):
+    """The label of one list line, or None for a header line (allowed only as the first line). A malformed line or
+    a negative label is an error naming `where` (file and line number), so the user can find and fix it."""
+    text = parts[1].strip() if len(parts) == 2 else ""
+    if re.fullmatch(r"[-+]?\d+", text):
+        if int(text) < 0:
+            raise ValueError(f"{where}: label {int(text)} is negative; class ids are 0..C-1 (line {line!r})")
+        return int(text)
+    if header_allowed and len(parts) == 2 and not any(ch.isdigit() for ch in text):
+        return None  # a header such as 'filename,class_id'; a digit ('1.0') means a malformed label instead
+    raise ValueError(f"{where}: expected 'path,label' with an integer label, got {line!r}")
+
+
 def image_dataset(name, train, test, num_classes, class_names, image_size=None, probe=None, skip_bad=False):
-    """RawData from (paths, labels) pairs of image files.
+    """RawData from (paths, labels) pairs of image files; RawData.train_paths keeps each training image's file.
 
     Args:
       name: data set name.
@@ -81,15 +104,16 @@ def image_dataset(name, train, test, num_classes, class_names, image_size=None, 
         test = ([train[0][i] for i in held], train[1][held])
         train = ([train[0][i] for i in rest], train[1][rest])
     parts = [train, test] + ([probe] if probe is not None else [])
-    images, kept = load_images([p for paths, _ in parts for p in paths], image_size, name, skip_bad)
-    labels = np.concatenate([labels for _, labels in parts])[kept]
+    files = [p for paths, _ in parts for p in paths]
+    images, kept = load_images(files, image_size, name, skip_bad)
+    files, labels = np.array(files)[kept], np.concatenate([labels for _, labels in parts])[kept]
     ends = np.cumsum([len(paths) for paths, _ in parts])
     part = np.searchsorted(ends, kept, side="right")  # which of train / test / probe each kept file is from
     shape = (image_size, image_size, 3) if images.dtype.kind == "U" else images.shape[1:]
     kind = "imagenet" if images.dtype.kind == "U" else augment_kind_for(shape[0])
     select = [(images[part == i], labels[part == i]) for i in range(len(parts))]
     return RawData(name, num_classes, class_names, tuple(int(d) for d in shape), *select[0], *select[1], kind,
-                   *(select[2] if probe is not None else (None, None)))
+                   *(select[2] if probe is not None else (None, None)), train_paths=files[part == 0])
 
 
 def load_images(paths, image_size=None, what="images", skip_bad=False):
@@ -134,14 +158,12 @@ def load_images(paths, image_size=None, what="images", skip_bad=False):
         decoded = {i: paths[i] for i in headers}
     else:
         decoded, bad = {}, []
-        mode = "L" if all(m in _GRAY_MODES for _, m in headers.values()) else "RGB"
+        mode = "L" if all(_is_gray(m) for _, m in headers.values()) else "RGB"
         for i in headers:
             try:
-                with Image.open(paths[i]) as im:
-                    im = im.convert(mode)
-                    if image_size is not None:
-                        im = im.resize((image_size, image_size), Image.BILINEAR)
-                    decoded[i] = np.asarray(im, np.uint8).reshape(im.size[1], im.size[0], -1)
+                decoded[i] = _decode(paths[i], mode, image_size)
+            except UnsupportedPixelsError:
+                raise
             except (OSError, ValueError, SyntaxError):
                 bad.append(i)
         _report_bad(paths, bad, what, skip_bad)
@@ -150,6 +172,41 @@ def load_images(paths, image_size=None, what="images", skip_bad=False):
     kept = np.array(sorted(decoded))
     values = [decoded[i] for i in kept]
     return (np.array(values) if isinstance(values[0], str) else np.stack(values)), kept
+
+
+def _is_gray(mode):
+    """Single-channel PIL modes, 16-bit ones included (their suffix names the byte order)."""
+    return mode in _GRAY_MODES or mode.startswith("I;16")
+
+
+def _decode(path, mode, image_size):
+    """uint8 [H, W, C] of one image file in PIL `mode` ("L" or "RGB"), resized to image_size if given."""
+    with Image.open(path) as im:
+        im = _to_8bit(im, path).convert(mode)
+        if image_size is not None:
+            im = im.resize((image_size, image_size), Image.BILINEAR)
+        return np.asarray(im, np.uint8).reshape(im.size[1], im.size[0], -1)
+
+
+def _to_8bit(im, path):
+    """An 8-bit ("L") copy of a 16- or 32-bit greyscale image, other images unchanged.
+
+    PIL's convert("L") clips such pixels at 255, which turns a 16-bit PNG (mode I;16) all white. The 16-bit range
+    0..65535 is mapped linearly onto 0..255 instead (as TensorFlow's PNG decoder does for the large-image path).
+    Mode "I" (32-bit int; older Pillow versions read 16-bit PNGs so) is taken as 16-bit when its values fit.
+    Float pixels (mode "F") and larger ints have no known range, so they are refused rather than guessed.
+    """
+    if im.mode.startswith("I;16") or im.mode == "I":
+        values = np.asarray(im).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > _UINT16_MAX):
+            raise UnsupportedPixelsError(
+                f"{path}: 32-bit integer pixels ({values.min()}..{values.max()}) have no known range to map to 8 "
+                "bit; save the image as 8-bit (values 0..255) or 16-bit PNG")
+        return Image.fromarray(np.rint(values * (255.0 / _UINT16_MAX)).astype(np.uint8))
+    if im.mode == "F":
+        raise UnsupportedPixelsError(f"{path}: 32-bit float pixels (PIL mode F) have no known range to map to 8 bit; "
+                                     "save the image as 8-bit (values 0..255) or 16-bit PNG")
+    return im
 
 
 def _report_bad(paths, bad, what, skip_bad):

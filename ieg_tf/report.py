@@ -17,6 +17,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from ieg_tf import pipeline
 from ieg_tf.export import scale_images
 
 COLUMNS = ("id", "given_label", "suggested_label", "omega_mean", "pseudo_fraction", "visits",
@@ -40,6 +41,8 @@ class LabelIssues:
         labels known, or nothing flagged among them).
       recall: share of truly mislabeled examples that are flagged; None when undefined (no true labels known,
         or no known label is wrong).
+      path: str [N], the image file of each example (folder / list data), or None; `id` alone cannot name a file
+        there, since it indexes the training files after sorting, the held-out test split and skipped files.
     """
     id: np.ndarray
     given_label: np.ndarray
@@ -51,13 +54,16 @@ class LabelIssues:
     true_label: np.ndarray | None
     precision: float | None
     recall: float | None
+    path: np.ndarray | None = None
 
     def __len__(self):
         return len(self.id)
 
     def columns(self):
-        """The CSV column names, `true_label` last when true labels are known."""
-        return COLUMNS + (("true_label",) if self.true_label is not None else ())
+        """The CSV column names: COLUMNS, then `true_label` when true labels are known, then `path` when the
+        examples are files (appended, so readers of the older columns keep working)."""
+        return (COLUMNS + (("true_label",) if self.true_label is not None else ())
+                + (("path",) if self.path is not None else ()))
 
     def rows(self):
         """A list of dicts, one per example, keyed by `columns()`, with plain Python values."""
@@ -66,7 +72,7 @@ class LabelIssues:
 
 
 def label_issues(stats, given_labels, *, true_labels=None, ids=None, predicted=None, omega_threshold=None,
-                 pseudo_threshold=0.5):
+                 pseudo_threshold=0.5, paths=None):
     """Builds the label-issue report from the trainer's per-example statistics.
 
     The suggested label is the argmax of the summed guessed labels g (SPEC 1.3) of a visited example when the
@@ -96,6 +102,7 @@ def label_issues(stats, given_labels, *, true_labels=None, ids=None, predicted=N
         `guess_sum` is None.
       omega_threshold: optional extra condition 4, in raw omega* units.
       pseudo_threshold: the share of visits lambda* must give to the guessed label, in [0, 1).
+      paths: str [N] image file of each example (the `path` column), or None.
 
     Returns:
       LabelIssues.
@@ -117,6 +124,7 @@ def label_issues(stats, given_labels, *, true_labels=None, ids=None, predicted=N
     pseudo = _column(stats["pseudo_fraction"], n, "stats['pseudo_fraction']").astype(np.float32)
     ids = np.arange(n, dtype=np.int64) if ids is None else _column(ids, n, "ids").astype(np.int64)
     true = None if true_labels is None else _column(true_labels, n, "true_labels").astype(np.int32)
+    paths = None if paths is None else _column(paths, n, "paths").astype(str)
 
     guess_sum = stats.get("guess_sum")
     if guess_sum is None and predicted is None:
@@ -133,14 +141,14 @@ def label_issues(stats, given_labels, *, true_labels=None, ids=None, predicted=N
     if omega_threshold is not None:
         flag &= omega < omega_threshold
     precision, recall = _precision_recall(flag, given, true)
-    return LabelIssues(ids, given, suggested, omega, pseudo, visits, flag, true, precision, recall)
+    return LabelIssues(ids, given, suggested, omega, pseudo, visits, flag, true, precision, recall, paths)
 
 
 def report_for(trainer, data, batch_size=256, *, omega_threshold=None, pseudo_threshold=0.5):
     """The label-issue report of a trained `IEGTrainer` on its training data.
 
-    EMA predictions over `data.train_images` are computed when the trainer kept no guessed labels or some
-    example was never visited (then they supply its suggested label).
+    EMA predictions over the training examples are computed when the trainer kept no guessed labels or some
+    example was never visited (then they supply its suggested label); see `train_probabilities`.
 
     Args:
       trainer: the IEGTrainer, built with `num_train_examples=len(data.train_labels)`.
@@ -149,12 +157,11 @@ def report_for(trainer, data, batch_size=256, *, omega_threshold=None, pseudo_th
       omega_threshold, pseudo_threshold: see `label_issues`.
 
     Returns:
-      LabelIssues with `id` = data.train_ids.
+      LabelIssues with `id` = data.train_ids and, for image-file data, `path` = data.train_paths.
 
     Raises:
-      ValueError: the trainer keeps no statistics or counts a different number of examples, its weights are
-        not finite (a diverged training), or predictions are needed but the training images are not uint8
-        arrays.
+      ValueError: the trainer keeps no statistics or counts a different number of examples, or its weights are
+        not finite (a diverged training).
     """
     if trainer.example_stats is None:
         raise ValueError("the trainer keeps no per-example statistics: build IEGTrainer with "
@@ -167,9 +174,29 @@ def report_for(trainer, data, batch_size=256, *, omega_threshold=None, pseudo_th
     stats = trainer.example_stats.result()
     predicted = None
     if stats["guess_sum"] is None or np.any(stats["visits"] == 0):
-        predicted = ema_probabilities(trainer, data.train_images, batch_size)
+        predicted = train_probabilities(trainer, data, batch_size)
     return label_issues(stats, data.train_labels, true_labels=data.train_true_labels, ids=data.train_ids,
-                        predicted=predicted, omega_threshold=omega_threshold, pseudo_threshold=pseudo_threshold)
+                        predicted=predicted, omega_threshold=omega_threshold, pseudo_threshold=pseudo_threshold,
+                        paths=getattr(data, "train_paths", None))
+
+
+def train_probabilities(trainer, data, batch_size=256):
+    """Softmax of the trainer's EMA logits over `data`'s training examples in id order; float32 [N, C].
+
+    The images come from `pipeline.eval_dataset(data, split="train")`, the evaluation's own path: in-memory images
+    are scaled, and file paths (large-image folder / list data) are decoded and centre-cropped there, which
+    `ema_probabilities` (uint8 arrays only) cannot do.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    trainer.check_finite()
+
+    @tf.function(reduce_retracing=True)
+    def predict(batch):
+        return tf.nn.softmax(trainer.ema_logits(batch))
+
+    out = [predict(images).numpy() for images, _ in pipeline.eval_dataset(data, batch_size, split="train")]
+    return np.concatenate(out) if out else np.zeros([0, trainer.num_classes], np.float32)
 
 
 def ema_probabilities(trainer, images, batch_size=256):
@@ -177,7 +204,7 @@ def ema_probabilities(trainer, images, batch_size=256):
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"predictions need uint8 [N, H, W, C] images, got {images.dtype} {images.shape}; for "
-                         "file-path data sets compute EMA probabilities yourself and call label_issues(predicted=)")
+                         "the training images of file-path data use train_probabilities(trainer, data)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     trainer.check_finite()
@@ -243,9 +270,9 @@ def read_label_issues_csv(path):
     with tf.io.gfile.GFile(path, "r") as f:
         reader = csv.reader(f)
         header = tuple(next(reader, ()))
-        if header not in (COLUMNS, COLUMNS + ("true_label",)):
+        if header not in [COLUMNS + truth + files for truth in ((), ("true_label",)) for files in ((), ("path",))]:
             raise ValueError(f"{path} is not a label-issue CSV: header {header}, expected {COLUMNS} "
-                             "(+ true_label)")
+                             "(+ true_label) (+ path)")
         body = list(reader)
     cols = dict(zip(header, zip(*body))) if body else {name: () for name in header}
     given = np.asarray(cols["given_label"], np.int32)
@@ -258,7 +285,7 @@ def read_label_issues_csv(path):
         omega_mean=np.asarray(cols["omega_mean"], np.float32),
         pseudo_fraction=np.asarray(cols["pseudo_fraction"], np.float32),
         visits=np.asarray(cols["visits"], np.int64), label_believed_wrong=flag, true_label=true,
-        precision=precision, recall=recall)
+        precision=precision, recall=recall, path=np.asarray(cols["path"], str) if "path" in cols else None)
 
 
 def _precision_recall(flag, given, true):

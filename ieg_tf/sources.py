@@ -39,6 +39,7 @@ class RawData:
     probe_images: np.ndarray | None = None  # a separate trusted set (e.g. ImageNet probe for WebVision)
     probe_labels: np.ndarray | None = None
     num_classes_fix: str | None = None  # set when num_classes was taken as max(label) + 1: how to give it instead
+    train_paths: np.ndarray | None = None  # image-file data: the file of each training image (report rows)
 
 
 def check_labels(labels, what, num_classes=None):
@@ -243,21 +244,45 @@ def dataset_to_arrays(ds):
 
     Returns:
       (uint8 images [N, H, W, C], int32 labels [N]); batched and unbatched data sets are both accepted.
+
+    Raises:
+      ValueError: an empty data set, images of different shapes, or labels that are not one integer class id per
+        image (one-hot labels are named as such, with the map that converts them).
     """
     images, labels = [], []
-    for element in ds.as_numpy_iterator():
+    for number, element in enumerate(ds.as_numpy_iterator()):
         image, label = (element["image"], element["label"]) if isinstance(element, dict) else element
-        images.append(np.asarray(image))
-        labels.append(np.atleast_1d(label))
+        image = np.asarray(image)
+        labels.append(_class_ids(np.asarray(label), image, number))
+        images.append(image)
     if not images:
         raise ValueError("the tf.data.Dataset is empty")
-    batched = np.ndim(labels[0]) == 1 and len(labels[0]) == len(images[0]) and images[0].ndim == 4
+    batched = images[0].ndim == 4
     shapes = sorted({im.shape[1:] if batched else im.shape for im in images})
     if len(shapes) > 1:
         raise ValueError(f"tf.data.Dataset: images have different shapes {shapes[:3]}; resize them to one size "
                          "(e.g. tf.image.resize in a map) first")
     images = np.concatenate(images) if batched else np.stack(images)
     return check_images(images, "tf.data.Dataset"), check_labels(np.concatenate(labels), "tf.data.Dataset")
+
+
+def _class_ids(label, image, number):
+    """The label(s) of one data set element as int ids [1] (an unbatched element, image [H, W(, C)]) or [B] (a batch,
+    images [B, H, W, C]). Anything else is refused here: concatenated, a one-hot label [C] would pass for C labels
+    and surface later as a confusing count mismatch."""
+    batched = image.ndim == 4
+    if batched and label.ndim == 2 and label.shape[1] == 1:
+        label = label[:, 0]
+    elif not batched and label.shape == (1,):
+        label = label[0]
+    if label.ndim == (1 if batched else 0) and (not batched or len(label) == len(image)):
+        return np.atleast_1d(label)
+    what = f"tf.data.Dataset element {number}: label shape {label.shape} for image shape {image.shape}"
+    if label.ndim == (2 if batched else 1) and label.shape[-1] > 1 and (not batched or len(label) == len(image)):
+        raise ValueError(f"{what}: the labels look one-hot (or multi-label); give one integer class id per image, "
+                         "e.g. ds.map(lambda image, label: (image, tf.argmax(label, axis=-1)))")
+    raise ValueError(f"{what}: give one integer class id per image (a scalar label per image, or labels [B] with "
+                     "images [B, H, W, C] in a batched data set)")
 
 
 def read_label_file(path):
