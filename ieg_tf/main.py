@@ -16,6 +16,9 @@ from ieg_tf import datasets, noise, optim, train  # noqa: E402
 from ieg_tf.config import GUESS_VIEWS, META_GRAD_MODES, METHODS, STRATEGIES, RunConfig, TrainerConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
+MAX_SEED = 2**32 - 1  # numpy's seed range (keras.utils.set_random_seed)
+# The Keras policies the trainer supports: float16 or float64 variables break its float32 EMA and loss arithmetic.
+MIXED_PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 
 # Data.
 flags.DEFINE_enum("dataset", "digits", datasets.DATASETS, "Data set; digits is embedded and runs offline.")
@@ -29,7 +32,7 @@ flags.DEFINE_float("noise_ratio", 0.8, "Noise ratio r (uniform: relabel with pro
 flags.DEFINE_string("noise_file", None, "noise_type=file: .npy/.csv with one label per original train example.")
 flags.DEFINE_string("train_dir", None, "dataset=folder: one sub-folder of images per class.")
 flags.DEFINE_string("test_dir", None, "dataset=folder: test images, same layout.")
-flags.DEFINE_string("probe_dir", None, "folder/list: a separate trusted probe set (same layout as train_dir).")
+flags.DEFINE_string("probe_dir", None, "dataset=folder: a separate trusted probe set (same layout as train_dir).")
 flags.DEFINE_string("train_list", None, "dataset=list: text file of 'relative/path,label' lines.")
 flags.DEFINE_string("test_list", None, "dataset=list: test list file.")
 flags.DEFINE_string("probe_list", None, "dataset=list: a separate trusted probe list file.")
@@ -98,11 +101,14 @@ flags.DEFINE_enum("aug_type", "autoaug", ["autoaug", "randaug"], "Strong augment
 flags.DEFINE_list("probe_affine", None, "DEGREES,SHEAR,SCALE: a random rotation, x-shear and per-axis scale of "
                   "the probe images before their weak view, e.g. 15,0.3,0.15 (not in the reference; unset = "
                   "none; see BUILD_NOTES).")
-flags.DEFINE_integer("seed", 12345, "Seed of the split, the noise, the input order and the step's randomness.")
+flags.DEFINE_integer("seed", 12345, "Seed of the split, the noise, the input order and the step's randomness.",
+                     lower_bound=0, upper_bound=MAX_SEED)
 flags.DEFINE_integer("data_seed", None, "Seed of the probe split and the noise alone (unset: --seed); with it, "
-                     "--seed varies only the initialisation, input order, augmentation and step randomness.")
+                     "--seed varies only the initialisation, input order, augmentation and step randomness.",
+                     lower_bound=0, upper_bound=MAX_SEED)
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA for the train step (auto: one device).")
-flags.DEFINE_string("mixed_precision", None, "Keras mixed precision policy, e.g. mixed_bfloat16.")
+flags.DEFINE_enum("mixed_precision", None, MIXED_PRECISION_POLICIES, "Keras mixed precision policy (unset: "
+                  "float32).")
 
 # Run.
 flags.DEFINE_string("model_dir", "/tmp/ieg_tf/digits", "Run directory; a run resumes from its checkpoints.")
@@ -116,9 +122,71 @@ flags.DEFINE_integer("logical_cpus", 0, "Split the CPU into this many logical de
                      "CPU-only machine; 0 = leave as is).", lower_bound=0)
 
 
-@flags.multi_flags_validator(["noise_type", "noise_file"], message="--noise_type=file needs --noise_file")
-def _noise_file_given(values):
-    return values["noise_type"] != "file" or bool(values["noise_file"])
+# Flags that only some values of another flag use: (flag, other flag, the values that use it, the flag's value
+# that means "off", accepted with any). Given with another value the flag would be ignored, so parsing refuses it.
+_SCOPED_FLAGS = (
+    ("noise_file", "noise_type", ("file",), None),
+    ("noise_ratio", "noise_type", ("uniform", "flip", "asymmetric"), 0.0),  # none / semantic / file: no ratio
+    ("data_dir", "dataset", ("digits", "cifar10", "cifar100"), None),
+    ("download", "dataset", ("cifar10", "cifar100"), False),
+    ("train_dir", "dataset", ("folder",), None),
+    ("test_dir", "dataset", ("folder",), None),
+    ("probe_dir", "dataset", ("folder",), None),
+    ("train_list", "dataset", ("list",), None),
+    ("test_list", "dataset", ("list",), None),
+    ("probe_list", "dataset", ("list",), None),
+    ("image_root", "dataset", ("list",), None),
+    ("image_size", "dataset", ("folder", "list"), None),
+    ("skip_bad_images", "dataset", ("folder", "list"), False),
+    ("array_file", "dataset", ("arrays",), None),
+)
+# Refused when a run starts instead of while parsing: configs_from_flags (the Python API's way to build configs)
+# takes a threshold with any method, where it is inert outside ieg (tests/test_cli.py sets every trainer flag at once).
+_SCOPED_AT_START = (("clean_threshold", "method", ("ieg",), None),)
+# The flag a value of another flag cannot do without, and what to pass. Checked when a run starts rather than by a
+# validator, so that a flagfile (food101n.cfg) can leave the list files to the command line.
+_NEEDED_FLAGS = {
+    ("noise_type", "file"): ("noise_file", "LABELS.npy|.csv, one label per training example"),
+    ("dataset", "folder"): ("train_dir", "DIR with one sub-folder of images per class"),
+    ("dataset", "list"): ("train_list", "FILE of 'relative/path,label' lines"),
+    ("dataset", "arrays"): ("array_file", "DATA.npz"),
+}
+
+
+def _scope_error(name, owner, used_with, off, values):
+    """The error for --name given (set to a value other than its default or `off`) while --owner is not one of
+    `used_with`, else None. `values` maps both flag names to their values."""
+    value = values[name]
+    given = (FLAGS[name].present or value != FLAGS[name].default) and value != off
+    if given and values[owner] not in used_with:
+        return (f"--{name} is used only with --{owner}={'|'.join(used_with)}, not --{owner}={values[owner]}: drop "
+                f"--{name} or change --{owner}")
+    return None
+
+
+def _register_scope_validator(name, owner, used_with, off):
+    def check(values):
+        error = _scope_error(name, owner, used_with, off, values)
+        if error:
+            raise flags.ValidationError(error)
+        return True
+    flags.register_multi_flags_validator([owner, name], check)
+
+
+for _scoped in _SCOPED_FLAGS:
+    _register_scope_validator(*_scoped)
+
+
+def check_flags_at_start():
+    """Raises ValueError for a flag that --dataset or --noise_type needs and that is not given, or for a flag of
+    _SCOPED_AT_START given with a value of its other flag that ignores it."""
+    for (owner, value), (name, what) in _NEEDED_FLAGS.items():
+        if FLAGS[owner].value == value and not FLAGS[name].value:
+            raise ValueError(f"--{owner}={value} needs --{name}={what}")
+    for name, owner, used_with, off in _SCOPED_AT_START:
+        error = _scope_error(name, owner, used_with, off, {name: FLAGS[name].value, owner: FLAGS[owner].value})
+        if error:
+            raise ValueError(error)
 
 
 def configs_from_flags():
@@ -153,21 +221,32 @@ def configs_from_flags():
     return data_spec, trainer_cfg, run_cfg
 
 
+def _explained(error):
+    """The one-line message of `error`, with the fix added where TensorFlow's own message lacks it."""
+    if FLAGS.strategy == "tpu" and not FLAGS.tpu and "TPU" in str(error):  # TPUClusterResolver found none
+        return (f"--strategy=tpu found no TPU to connect to ({error}): pass --tpu=NAME (a Cloud TPU name or "
+                "grpc://host:port), or --tpu=local on a TPU VM")
+    return str(error)
+
+
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; every option is a --flag")
-    if FLAGS.logical_cpus:
-        import tensorflow as tf
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.logical_cpus)
     try:
+        if len(argv) > 1:
+            raise ValueError(f"unexpected argument {' '.join(map(repr, argv[1:]))}: every option is a --flag=value")
+        check_flags_at_start()
+        if FLAGS.logical_cpus:
+            import tensorflow as tf
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            devices = [tf.config.LogicalDeviceConfiguration()] * FLAGS.logical_cpus
+            tf.config.set_logical_device_configuration(cpu, devices)
         data_spec, trainer_cfg, run_cfg = configs_from_flags()
         train.run(run_cfg, trainer_cfg, data_spec=data_spec)
     except (ValueError, train.NonFiniteLossError) as error:
         # Bad input is reported in one line naming the problem and the fix, without a TensorFlow stack trace.
-        print(f"ieg_tf: error: {error}", file=sys.stderr)
+        print(f"ieg_tf: error: {_explained(error)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        print(flush=True)  # end the progress bar's line (stdout) so that the message starts a line of its own
         print("ieg_tf: interrupted; run the same command again to resume from the last checkpoint in "
               f"{FLAGS.model_dir}", file=sys.stderr)
         sys.exit(130)

@@ -1,0 +1,150 @@
+"""Flag combinations the command line refuses in one line naming the flags and the fix, before any training."""
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from ieg_tf import distribute, main, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextlib.contextmanager
+def _parsed(*args):
+    """FLAGS parsed from `python -m ieg_tf.main *args`, reset afterwards."""
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(["ieg_tf", *args])
+        yield
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
+def _refused(*args):
+    """The flag parser's message refusing `args`."""
+    with pytest.raises(flags.IllegalFlagValueError) as error, _parsed(*args):
+        pass
+    return str(error.value)
+
+
+def _must_not_train(*args, **kwargs):
+    raise AssertionError("the run started training")
+
+
+def _main_exit(monkeypatch, capsys, *args, run=_must_not_train):
+    """(exit code, stdout, stderr) of main.main on `args`, with `run` in place of train.run."""
+    monkeypatch.setattr(train, "run", run)
+    with _parsed(*args), pytest.raises(SystemExit) as exit_info:
+        main.main(["ieg_tf"])
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize("args, flag, other", [
+    (["--noise_file=labels.npy"], "noise_file", "noise_type"),
+    (["--noise_type=none", "--noise_ratio=0.5"], "noise_ratio", "noise_type"),
+    (["--noise_type=none", "--noise_ratio=0.8"], "noise_ratio", "noise_type"),  # the default, but given
+    (["--noise_type=semantic", "--noise_ratio=0.4"], "noise_ratio", "noise_type"),
+    (["--noise_type=file", "--noise_file=labels.npy", "--noise_ratio=0.2"], "noise_ratio", "noise_type"),
+    (["--train_dir=/images"], "train_dir", "dataset"),
+    (["--test_dir=/images"], "test_dir", "dataset"),
+    (["--dataset=list", "--train_list=train.txt", "--probe_dir=/images"], "probe_dir", "dataset"),
+    (["--train_list=train.txt"], "train_list", "dataset"),
+    (["--dataset=folder", "--train_dir=/images", "--test_list=test.txt"], "test_list", "dataset"),
+    (["--probe_list=probe.txt"], "probe_list", "dataset"),
+    (["--dataset=folder", "--train_dir=/images", "--image_root=/images"], "image_root", "dataset"),
+    (["--array_file=data.npz"], "array_file", "dataset"),
+    (["--image_size=32"], "image_size", "dataset"),
+    (["--dataset=arrays", "--array_file=data.npz", "--image_size=32"], "image_size", "dataset"),
+    (["--dataset=cifar10", "--skip_bad_images"], "skip_bad_images", "dataset"),
+    (["--download"], "download", "dataset"),
+    (["--dataset=list", "--train_list=train.txt", "--data_dir=/data"], "data_dir", "dataset"),
+])
+def test_a_flag_the_chosen_data_set_or_noise_type_ignores_is_refused(args, flag, other):
+    message = _refused(*args)
+    assert f"--{flag} is used only with --{other}=" in message and f"drop --{flag} or change --{other}" in message
+
+
+@pytest.mark.parametrize("args", [
+    [], ["--noise_type=none"], ["--noise_type=semantic"], ["--skip_bad_images=false", "--download=false"],
+    ["--noise_type=none", "--noise_ratio=0"],  # what bench/accuracy.py passes for clean labels
+    ["--noise_type=file", "--noise_file=labels.npy"], ["--noise_type=asymmetric", "--noise_ratio=0.4"],
+    ["--dataset=folder", "--train_dir=a", "--test_dir=b", "--probe_dir=c", "--image_size=32", "--skip_bad_images"],
+    ["--dataset=list", "--train_list=a", "--test_list=b", "--probe_list=c", "--image_root=d", "--image_size=224"],
+    ["--dataset=arrays", "--array_file=data.npz"], ["--dataset=cifar100", "--data_dir=/data", "--download"],
+    ["--clean_threshold=1.5"], ["--method=l2r"], ["--seed=0", "--data_seed=4294967295"],
+])
+def test_consistent_flags_pass(args):
+    with _parsed(*args):
+        main.check_flags_at_start()
+        main.configs_from_flags()
+
+
+def test_every_flagfile_passes_and_its_run_line_names_what_it_leaves_out():
+    folder = os.path.join(ROOT, "flags")
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(".cfg")):
+        path = os.path.join(folder, name)
+        with _parsed(f"--flagfile={path}"):
+            try:
+                main.check_flags_at_start()
+            except ValueError as error:  # the list files of food101n / webvision_mini come on the command line
+                needed = re.search(r"needs (--\w+=)", str(error)).group(1)
+                assert needed in open(path).read().split("# Run:")[1], (name, error)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset=folder"], "--dataset=folder needs --train_dir=DIR"),
+    (["--dataset=list"], "--dataset=list needs --train_list=FILE"),
+    (["--dataset=arrays"], "--dataset=arrays needs --array_file=DATA.npz"),
+    (["--noise_type=file"], "--noise_type=file needs --noise_file=LABELS"),
+    (["--method=supervised", "--clean_threshold=1"],
+     "--clean_threshold is used only with --method=ieg, not --method=supervised: drop --clean_threshold"),
+    (["--method=l2r", "--clean_threshold=0"], "--clean_threshold is used only with --method=ieg, not --method=l2r"),
+])
+def test_a_missing_or_unused_flag_stops_the_run_before_training(monkeypatch, capsys, tmp_path, args, message):
+    code, _, err = _main_exit(monkeypatch, capsys, f"--model_dir={tmp_path}", *args)
+    assert code == 2 and err.startswith(f"ieg_tf: error: {message}") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("policy", ["float16", "float64", "bogus"])
+def test_mixed_precision_takes_only_the_supported_policies(policy):
+    assert (f"--mixed_precision={policy}: value should be one of <float32|mixed_float16|mixed_bfloat16>"
+            in _refused(f"--mixed_precision={policy}"))
+    for good in ("float32", "mixed_float16", "mixed_bfloat16"):
+        with _parsed(f"--mixed_precision={good}"):
+            assert main.configs_from_flags()[2].mixed_precision == good
+
+
+@pytest.mark.parametrize("arg", ["--seed=-1", "--data_seed=-1", "--seed=4294967296"])
+def test_seeds_outside_numpys_range_are_refused_naming_the_flag(arg):
+    assert f"flag {arg}: " in _refused(arg) and "[0, 4294967295]" in _refused(arg)
+
+
+def test_tpu_strategy_without_a_tpu_says_to_pass_tpu(monkeypatch, capsys, tmp_path):
+    def connect(run_cfg, *args, **kwargs):  # what train.run does first with the strategy flags
+        distribute.make_strategy(run_cfg.strategy, run_cfg.tpu)
+    code, _, err = _main_exit(monkeypatch, capsys, f"--model_dir={tmp_path}", "--strategy=tpu", run=connect)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("ieg_tf: error: --strategy=tpu found no TPU") and "pass --tpu=NAME" in err, err
+
+
+def test_interrupt_message_starts_a_line_of_its_own(monkeypatch, capsys, tmp_path):
+    def interrupted(*args, **kwargs):
+        sys.stdout.write("\r 1/100 ━━━━━━ 2s 25ms/step - loss: 9.5873")  # a progress bar mid-line
+        raise KeyboardInterrupt
+    code, out, err = _main_exit(monkeypatch, capsys, f"--model_dir={tmp_path}", run=interrupted)
+    assert code == 130 and out.endswith("loss: 9.5873\n") and err.startswith("ieg_tf: interrupted;"), (out, err)
+
+
+def test_stray_positional_argument_is_one_line_not_the_help():
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-m", "ieg_tf.main", "--network=small_cnn", "extra_positional"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "ieg_tf: error: unexpected argument 'extra_positional': every option is a --flag=value" in out.stderr
+    assert "--weight_decay" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
