@@ -180,10 +180,11 @@ def report_for(trainer, data, batch_size=256, *, omega_threshold=None, pseudo_th
                         paths=getattr(data, "train_paths", None))
 
 
-def train_probabilities(trainer, data, batch_size=256):
-    """Softmax of the trainer's EMA logits over `data`'s training examples in id order; float32 [N, C].
+def train_probabilities(trainer, data, batch_size=256, split="train"):
+    """Softmax of the trainer's EMA logits over `data`'s training examples in id order (or another split of
+    `pipeline.eval_dataset`, e.g. "test"); float32 [N, C].
 
-    The images come from `pipeline.eval_dataset(data, split="train")`, the evaluation's own path: in-memory images
+    The images come from `pipeline.eval_dataset(data, split=split)`, the evaluation's own path: in-memory images
     are scaled, and file paths (large-image folder / list data) are decoded and centre-cropped there, which
     `ema_probabilities` (uint8 arrays only) cannot do.
     """
@@ -195,7 +196,7 @@ def train_probabilities(trainer, data, batch_size=256):
     def predict(batch):
         return tf.nn.softmax(trainer.ema_logits(batch))
 
-    out = [predict(images).numpy() for images, _ in pipeline.eval_dataset(data, batch_size, split="train")]
+    out = [predict(images).numpy() for images, _ in pipeline.eval_dataset(data, batch_size, split=split)]
     return np.concatenate(out) if out else np.zeros([0, trainer.num_classes], np.float32)
 
 
@@ -219,12 +220,12 @@ def ema_probabilities(trainer, images, batch_size=256):
 
 def confusion_on_test_set(trainer, data, batch_size=256):
     """Confusion matrix of the trainer's EMA predictions on the test set: int64 [C, C], row = true class,
-    column = predicted class (its trace over its sum is the test accuracy). None when the test images are file
-    paths (large-image data sets decode them in the input pipeline only) or there are none."""
-    images = np.asarray(data.test_images)
-    if images.dtype != np.uint8 or images.ndim != 4 or not len(images):
+    column = predicted class (its trace over its sum is the test accuracy). The images go through the evaluation's
+    input path, so file paths (large-image folder / list data) are decoded and cropped as evaluation does.
+    None when there are no test images."""
+    if data.test_images is None or not len(data.test_images):
         return None
-    predicted = np.argmax(ema_probabilities(trainer, images, batch_size), axis=-1)
+    predicted = np.argmax(train_probabilities(trainer, data, batch_size, split="test"), axis=-1)
     c = trainer.num_classes
     true = np.asarray(data.test_labels, np.int64)
     return np.bincount(true * c + predicted, minlength=c * c).reshape(c, c)

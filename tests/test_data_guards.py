@@ -77,6 +77,24 @@ def test_report_for_large_image_files_predicts_through_the_eval_pipeline(tmp_pat
     np.testing.assert_array_equal(issues.path, data.train_paths)
 
 
+def test_test_confusion_of_large_image_files_goes_through_the_eval_pipeline(tmp_path):
+    # Large-image runs wrote no test_confusion.csv and no per-class accuracy: the matrix read only uint8 arrays.
+    _folder(str(tmp_path / "train"), per_class=2, shape=(70, 80))
+    test_files = _folder(str(tmp_path / "test"), per_class=2, shape=(70, 80))
+    data = datasets.load_dataset(DataSpec(dataset="folder", train_dir=str(tmp_path / "train"), image_size=66,
+                                          test_dir=str(tmp_path / "test"), noise_type="none", probe_per_class=1))
+    assert data.test_images.dtype.kind == "U"
+    trainer = _trainer(66, len(data.train_labels))
+    confusion = report.confusion_on_test_set(trainer, data, batch_size=3)
+    colours = np.stack([test_files[str(p)][1] for p in data.test_images]).astype(np.float32)
+    predicted = np.argmax(trainer.ema_logits(np.broadcast_to(
+        ((colours / 255.0 - 0.5) * 2.0)[:, None, None, :], (len(colours), 66, 66, 3))).numpy(), axis=1)
+    expected = np.zeros((len(CLASSES), len(CLASSES)), np.int64)
+    for t, p in zip(data.test_labels, predicted):
+        expected[t, p] += 1
+    np.testing.assert_array_equal(confusion, expected)
+
+
 def test_folder_data_keep_the_file_of_each_training_example_after_hold_out_and_probe(tmp_path):
     files = _folder(str(tmp_path / "train"), per_class=5, shape=(6, 6))
     with pytest.warns(UserWarning, match="holding out 20%"):

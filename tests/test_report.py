@@ -212,10 +212,8 @@ def test_test_confusion_counts_ema_predictions_by_true_class(tmp_path):
     back, names = read_confusion_csv(tmp_path / "c.csv")
     np.testing.assert_array_equal(back, confusion)
     assert names == ["a", "b", "c"]
-    # no test images, or file paths (decoded only in the pipeline): no matrix
+    # no test images: no matrix (file-path test sets: tests/test_data_guards.py)
     assert confusion_on_test_set(trainer, _data()) is None
-    paths = dataclasses.replace(data, test_images=np.array(["a.jpg"] * N))
-    assert confusion_on_test_set(trainer, paths) is None
 
 
 def test_per_class_accuracy_is_the_recall_of_each_class_and_none_for_an_absent_class():
