@@ -167,8 +167,11 @@ def solve_weights(mode, cache, step, ids, skip_by_cond=True, **meta_args):
 
 
 def _run(decide, *, mode, network, forward_fn, look_loss_fn, omega0, lambda0, probe_images, probe_labels_onehot,
-         accumulators, step_size, momentum, probe_weight_decay, main_tape=None):
+         accumulators, step_size, momentum, probe_weight_decay, main_tape=None, probe_non_trainable=None):
     """Records the forward on the meta tapes, then returns (outputs, decide(solve)).
+
+    `probe_non_trainable` (default: the network's variables) is the non-trainable state of the probe forward, so
+    that its Dropout masks can be drawn apart from the other passes' (`IEGTrainer.pass_state`).
 
     `solve()` does the meta-only work and returns (grad_omega, grad_lambda, probe_logits, probe_loss). Splitting
     it off lets `decide` put it under a `tf.cond`, with the forward (which the main loss needs anyway) outside.
@@ -176,7 +179,8 @@ def _run(decide, *, mode, network, forward_fn, look_loss_fn, omega0, lambda0, pr
     if mode not in META_GRAD_MODES:
         raise ValueError(f"unknown meta_grad_mode '{mode}'; choose one of: {', '.join(META_GRAD_MODES)}")
     pause = main_tape.stop_recording if main_tape is not None else contextlib.nullcontext
-    params, non_trainable = network.trainable_variables, network.non_trainable_variables
+    params = network.trainable_variables
+    non_trainable = network.non_trainable_variables if probe_non_trainable is None else probe_non_trainable
     probe = (probe_images, probe_labels_onehot, probe_weight_decay)
     indices = classifier_indices(network) if mode == "last_layer" else range(len(params))
     stepped = [params[i] for i in indices]

@@ -36,6 +36,9 @@ TRAIN_METRICS = {
             "omega_noisy", "train_acc"),
     "supervised": ("loss", "l2_loss", "train_acc"),
 }
+# pass_state folds (SEED_PASS_OFFSET + pass index) into the step seed; the offset keeps these draws apart from the
+# step's other stateless streams (random_ops.split of the same seed).
+SEED_PASS_OFFSET = 1000
 IMAGE_KEYS = ("weak", "strong", "probe_image")  # training-batch images: float, already scaled to [-1, 1]
 
 
@@ -93,6 +96,7 @@ class IEGTrainer(keras.Model):
                                      trainable=False, aggregation="only_first_replica", name=f"ema_{i}")
             shadow.assign(variable)
             self.ema_weights.append(shadow)
+        self._seed_state_ids = seed_state_ids(network)
         self.example_stats = (ExampleStats(num_train_examples, num_classes, name="example_stats")
                               if num_train_examples else None)
         if config.method != "supervised" and config.meta_grad_mode == "last_layer":
@@ -226,12 +230,12 @@ class IEGTrainer(keras.Model):
         batch = tf.shape(x)[0]
         omega0 = tf.ones([batch]) / tf.cast(batch, tf.float32)
         lambda0 = tf.fill([batch], cfg.grad_eps_init)
-        params, non_trainable = net.trainable_variables, net.non_trainable_variables
+        params = net.trainable_variables
 
         def forward():
             # 1. Views. Only the weak-view pass returns BN statistics the step assigns (SPEC 1.2).
-            z, state = self._weak_forward(x)
-            z_strong, _ = net.stateless_call(params, non_trainable, xs, training=True)
+            z, state = self._weak_forward(x, seed)
+            z_strong, _ = net.stateless_call(params, self.pass_state(seed, 1), xs, training=True)
             z_strong = tf.cast(z_strong, tf.float32)
             # 2. Label guessing from the current model (K = 2 views, or the weak view alone).
             views = [z, z_strong] if cfg.guess_views == "weak_strong" else [z]
@@ -252,7 +256,8 @@ class IEGTrainer(keras.Model):
                 skip_by_cond=self._skip_meta_by_cond(), network=net, forward_fn=forward, look_loss_fn=look_loss,
                 omega0=omega0, lambda0=lambda0, probe_images=xp, probe_labels_onehot=yp,
                 accumulators=self._accumulators(), step_size=cfg.meta_stepsize, momentum=cfg.meta_momentum,
-                probe_weight_decay=self._probe_weight_decay(), main_tape=tape)
+                probe_weight_decay=self._probe_weight_decay(), main_tape=tape,
+                probe_non_trainable=self.pass_state(seed, 3))
             z, z_strong, guess, state = m.outputs
             guess = tf.stop_gradient(guess)
             omega, lam = m.omega, m.label_mix
@@ -311,7 +316,7 @@ class IEGTrainer(keras.Model):
         targets = tf.concat([tf.gather(yp, idx), unlabeled_target, unlabeled_target], axis=0)
         images, targets = mixup.mixup(images, targets, mix_seed, cfg.mixup_beta)
         logits, _ = self.network.stateless_call(
-            self.network.trainable_variables, self.network.non_trainable_variables, images, training=True)
+            self.network.trainable_variables, self.pass_state(seed, 2), images, training=True)
         logits_l, logits_1, logits_2 = tf.split(tf.cast(logits, tf.float32), 3, axis=0)
         targets_l, targets_u = targets[:batch], targets[batch:]
         mix_probe = losses.mean_cross_entropy(targets_l, losses.logit_norm(logits_l))
@@ -319,14 +324,13 @@ class IEGTrainer(keras.Model):
         return mix_probe, losses.mean_cross_entropy(targets_u, unl_logits)
 
     def _l2r_step(self, data, seed):
-        del seed
         cfg, net = self.config, self.network
         x, y, true = self._inputs(data)
         yp = tf.one_hot(tf.cast(data["probe_label"], tf.int32), self.num_classes)
         batch = tf.shape(x)[0]
 
         def forward():
-            return self._weak_forward(x)
+            return self._weak_forward(x, seed)
 
         def look_loss(outputs, omega, lam):
             del lam
@@ -341,7 +345,8 @@ class IEGTrainer(keras.Model):
                 omega0=tf.zeros([batch]),
                 lambda0=tf.zeros([batch]), probe_images=tf.convert_to_tensor(data["probe_image"]),
                 probe_labels_onehot=yp, accumulators=None, step_size=cfg.meta_stepsize, momentum=0.0,
-                probe_weight_decay=self._probe_weight_decay(), main_tape=tape)
+                probe_weight_decay=self._probe_weight_decay(), main_tape=tape,
+                probe_non_trainable=self.pass_state(seed, 3))
             z, state = m.outputs
             omega = m.omega
             l2 = losses.l2_penalty(self.decayed_variables, cfg.weight_decay)
@@ -354,10 +359,9 @@ class IEGTrainer(keras.Model):
         return StepResult(grads, logs, (omega, tf.ones_like(omega), tf.nn.softmax(z)), state)
 
     def _supervised_step(self, data, seed):
-        del seed
         x, y, _ = self._inputs(data)
         with tf.GradientTape() as tape:
-            z, state = self._weak_forward(x)
+            z, state = self._weak_forward(x, seed)
             l2 = losses.l2_penalty(self.decayed_variables, self.config.weight_decay)
             total = losses.mean_cross_entropy(y, z) + l2
             scaled = self._scale(total)
@@ -366,10 +370,25 @@ class IEGTrainer(keras.Model):
         logs = {"loss": (total, ones), "l2_loss": (l2, ones), "train_acc": (_accuracy(z, y), ones)}
         return StepResult(grads, logs, None, state)
 
-    def _weak_forward(self, x):
+    def pass_state(self, seed, index):
+        """The network's non-trainable values for forward pass `index` of a step: its variables, except that the
+        state of every seed generator (Dropout and other random layers) is a stateless draw from (step seed, pass).
+
+        Each `stateless_call` starts from the state it is given, so passing the variables to every pass gave the
+        weak, strong, MixUp and probe passes one Dropout mask, and every replica the same one (the state variable
+        is mirrored). The step seed already folds in the step and the replica; resume stays exact.
+        """
+        values = list(self.network.non_trainable_variables)
+        for k, variable in enumerate(values):
+            if id(variable) in self._seed_state_ids:
+                drawn = random_ops.fold_in(random_ops.fold_in(seed, SEED_PASS_OFFSET + index), k)
+                values[k] = tf.cast(drawn, variable.dtype)
+        return values
+
+    def _weak_forward(self, x, seed):
         """z = f(x) in training mode and the network's new non-trainable state (BN statistics), not yet assigned."""
         net = self.network
-        z, state = net.stateless_call(net.trainable_variables, net.non_trainable_variables, x, training=True)
+        z, state = net.stateless_call(net.trainable_variables, self.pass_state(seed, 0), x, training=True)
         check_logits_size(z, self.num_classes)
         return losses.full_precision(z), state
 
@@ -382,6 +401,8 @@ class IEGTrainer(keras.Model):
         """
         context = tf.distribute.get_replica_context()
         for variable, value in zip(self.network.non_trainable_variables, state):
+            if id(variable) in self._seed_state_ids:  # every pass draws its own (pass_state): nothing to keep
+                continue
             if context is not None and context.num_replicas_in_sync > 1 and value.dtype.is_floating:
                 value = context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
             variable.assign(value)
@@ -557,6 +578,12 @@ def check_finite_weights(variables):
             raise ValueError(f"the weight {variable.path} holds NaN or Inf: the training diverged. Train again with "
                              "a lower learning rate (compile(optimizer=ieg_tf.optim.TF1Momentum(0.01)), or "
                              "--learning_rate) or check the input data")
+
+
+def seed_state_ids(network):
+    """ids of the state variables of every seed generator in `network` (Dropout, GaussianNoise, ...)."""
+    return {id(generator.state) for layer in network._flatten_layers(include_self=True)
+            for generator in getattr(layer, "_seed_generators", ())}
 
 
 def check_logits_network(network, num_classes):

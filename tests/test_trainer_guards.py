@@ -215,3 +215,41 @@ def test_a_global_batch_the_replicas_cannot_split_evenly_is_refused(monkeypatch)
     with pytest.raises(ValueError, match="does not split evenly over 2 replicas"):
         trainer.fit(data, steps_per_epoch=1, epochs=1, verbose=0)
     assert int(trainer.optimizer.iterations) == 0
+
+
+def _dropout_mlp(num_classes=4, seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(tinydata.SHAPE)
+    h = keras.layers.Dense(32, activation="relu")(keras.layers.Flatten()(inputs))
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(keras.layers.Dropout(0.5)(h)))
+
+
+def test_each_forward_pass_and_replica_draws_its_own_dropout_mask():
+    trainer = _trainer("ieg", network=_dropout_mlp())
+    net, x = trainer.network, tf.random.stateless_normal([16, *tinydata.SHAPE], [1, 2])
+
+    def logits(seed, index):
+        return net.stateless_call(net.trainable_variables, trainer.pass_state(seed, index), x, training=True)[0]
+    seed0, seed1 = trainer.step_seed(replica_id=0), trainer.step_seed(replica_id=1)
+    np.testing.assert_array_equal(logits(seed0, 1), logits(seed0, 1))  # a function of (step, replica, pass)
+    assert not np.allclose(logits(seed0, 0), logits(seed0, 1))  # weak vs strong pass
+    assert not np.allclose(logits(seed0, 0), logits(seed1, 0))  # replica 0 vs 1
+    # A network without random layers runs on its own variables, as before.
+    plain = _trainer("ieg")
+    assert all(a is b for a, b in zip(plain.pass_state(seed0, 2), plain.network.non_trainable_variables))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_weak_and_strong_passes_of_one_image_differ_by_their_dropout(jit):
+    # With the strong view equal to the weak one, only Dropout can tell the passes apart: one shared mask made
+    # the KL consistency term exactly 0.
+    trainer = IEGTrainer(_dropout_mlp(), 4, TrainerConfig(method="ieg"), num_train_examples=64)
+    trainer.compile(optimizer=TF1Momentum(0.1), jit_compile=jit)
+    x, _, dataset = _data()
+    batch = next(iter(dataset))
+    batch = {**batch, "strong": batch["weak"]}
+    state = [v.numpy() for v in trainer.network.non_trainable_variables]
+    logs = trainer.train_on_batch(batch, return_dict=True)
+    assert logs["kl_loss"] > 1e-4 and np.isfinite(logs["loss"])
+    for variable, before in zip(trainer.network.non_trainable_variables, state):
+        np.testing.assert_array_equal(variable.numpy(), before)  # the stored seed state is not used, nor moved
