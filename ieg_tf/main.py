@@ -189,6 +189,20 @@ def check_flags_at_start():
             raise ValueError(error)
 
 
+def warn_untrusted_probe():
+    """Says so on stderr when the probe is drawn from the given labels of file data with no injected noise.
+
+    IEG's probe must be clean. With --noise_type=none and no --probe_dir/--probe_list the probe images are taken
+    per class from the given labels, which for web-labelled data (WebVision, Food-101N) are the noisy ones. That
+    is right for a clean-label run of your own data, so it is a warning, not an error.
+    """
+    if (FLAGS.dataset in ("folder", "list") and FLAGS.noise_type == "none" and FLAGS.method != "supervised"
+            and not (FLAGS.probe_dir or FLAGS.probe_list)):
+        print(f"ieg_tf: warning: the {FLAGS.probe_per_class} probe image(s) per class are drawn from the given "
+              "labels (--noise_type=none, no --probe_dir/--probe_list) and trusted as clean; for web-labelled "
+              "data pass a verified probe set with --probe_dir or --probe_list", file=sys.stderr, flush=True)
+
+
 def configs_from_flags():
     """(DataSpec, TrainerConfig, RunConfig) from FLAGS; raises ValueError for inconsistent values."""
     f = FLAGS
@@ -234,6 +248,7 @@ def main(argv):
         if len(argv) > 1:
             raise ValueError(f"unexpected argument {' '.join(map(repr, argv[1:]))}: every option is a --flag=value")
         check_flags_at_start()
+        warn_untrusted_probe()
         if FLAGS.logical_cpus:
             import tensorflow as tf
             cpu = tf.config.list_physical_devices("CPU")[0]

@@ -148,3 +148,18 @@ def test_stray_positional_argument_is_one_line_not_the_help():
     assert out.returncode == 2, out.stderr[-2000:]
     assert "ieg_tf: error: unexpected argument 'extra_positional': every option is a --flag=value" in out.stderr
     assert "--weight_decay" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args, warned", [
+    (["--dataset=list", "--train_list=t.txt", "--noise_type=none"], True),
+    (["--dataset=folder", "--train_dir=/images", "--noise_type=none"], True),
+    (["--dataset=list", "--train_list=t.txt", "--noise_type=none", "--probe_list=p.txt"], False),
+    (["--dataset=list", "--train_list=t.txt", "--noise_type=none", "--method=supervised"], False),
+    (["--dataset=folder", "--train_dir=/images"], False),  # injected noise: the given labels are the clean ones
+])
+def test_a_probe_taken_from_uninjected_file_labels_is_warned_about(monkeypatch, capsys, tmp_path, args, warned):
+    def stop(*a, **k):
+        raise ValueError("stopped before training")
+    code, _, err = _main_exit(monkeypatch, capsys, f"--model_dir={tmp_path}", *args, run=stop)
+    assert code == 2 and ("ieg_tf: warning: the 1 probe image(s) per class are drawn from the given labels" in err
+                          ) == warned, err
