@@ -48,8 +48,11 @@ def _assert_same(a, b):
 def _kill_when(model_dir, ready, sig=signal.SIGKILL, output=None):
     """Starts the run, waits until ready(checkpoint dir) holds (or a delay passes), then sends it `sig` (SIGKILL).
     Returns whether the run was still running then; with `output` (a dict), also its return code and stderr."""
+    # A job started in the background (`cmd &`, nohup) inherits SIGINT ignored, and Python then keeps ignoring it:
+    # the child gets the default disposition back, as a run in a terminal has it.
     process = subprocess.Popen(_command(model_dir), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE if output is not None else subprocess.DEVNULL, text=True)
+                               stderr=subprocess.PIPE if output is not None else subprocess.DEVNULL, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     start = time.time()
     while process.poll() is None and not ready(os.path.join(model_dir, "checkpoints"), time.time() - start):
         time.sleep(0.05)
