@@ -18,7 +18,6 @@ import numpy as np
 import tensorflow as tf
 
 from ieg_tf import pipeline
-from ieg_tf.export import scale_images
 
 COLUMNS = ("id", "given_label", "suggested_label", "omega_mean", "pseudo_fraction", "visits",
            "label_believed_wrong")
@@ -148,7 +147,7 @@ def report_for(trainer, data, batch_size=256, *, omega_threshold=None, pseudo_th
     """The label-issue report of a trained `IEGTrainer` on its training data.
 
     EMA predictions over the training examples are computed when the trainer kept no guessed labels or some
-    example was never visited (then they supply its suggested label); see `train_probabilities`.
+    example was never visited (then they supply its suggested label); see `split_probabilities`.
 
     Args:
       trainer: the IEGTrainer, built with `num_train_examples=len(data.train_labels)`.
@@ -174,15 +173,15 @@ def report_for(trainer, data, batch_size=256, *, omega_threshold=None, pseudo_th
     stats = trainer.example_stats.result()
     predicted = None
     if stats["guess_sum"] is None or np.any(stats["visits"] == 0):
-        predicted = train_probabilities(trainer, data, batch_size)
+        predicted = split_probabilities(trainer, data, batch_size)
     return label_issues(stats, data.train_labels, true_labels=data.train_true_labels, ids=data.train_ids,
                         predicted=predicted, omega_threshold=omega_threshold, pseudo_threshold=pseudo_threshold,
                         paths=getattr(data, "train_paths", None))
 
 
-def train_probabilities(trainer, data, batch_size=256, split="train"):
-    """Softmax of the trainer's EMA logits over `data`'s training examples in id order (or another split of
-    `pipeline.eval_dataset`, e.g. "test"); float32 [N, C].
+def split_probabilities(trainer, data, batch_size=256, split="train"):
+    """Softmax of the trainer's EMA logits over one split of `data` (default: the training examples in id order;
+    "test", "probe"); float32 [N, C].
 
     The images come from `pipeline.eval_dataset(data, split=split)`, the evaluation's own path: in-memory images
     are scaled, and file paths (large-image folder / list data) are decoded and centre-cropped there, which
@@ -190,14 +189,8 @@ def train_probabilities(trainer, data, batch_size=256, split="train"):
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    trainer.check_finite()
-
-    @tf.function(reduce_retracing=True)
-    def predict(batch):
-        return tf.nn.softmax(trainer.ema_logits(batch))
-
-    out = [predict(images).numpy() for images, _ in pipeline.eval_dataset(data, batch_size, split=split)]
-    return np.concatenate(out) if out else np.zeros([0, trainer.num_classes], np.float32)
+    batches = (images for images, _ in pipeline.eval_dataset(data, batch_size, split=split))
+    return _ema_softmax(trainer, batches)
 
 
 def ema_probabilities(trainer, images, batch_size=256):
@@ -205,16 +198,20 @@ def ema_probabilities(trainer, images, batch_size=256):
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"predictions need uint8 [N, H, W, C] images, got {images.dtype} {images.shape}; for "
-                         "the training images of file-path data use train_probabilities(trainer, data)")
+                         "the training images of file-path data use split_probabilities(trainer, data)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batches = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
+    return _ema_softmax(trainer, batches, [tf.TensorSpec([None, *images.shape[1:]], tf.uint8)])
+
+
+def _ema_softmax(trainer, batches, input_signature=None):
+    """Concatenated softmax of the EMA logits over image batches (uint8 batches are scaled by `ema_logits`), after
+    refusing non-finite weights."""
     trainer.check_finite()
-
-    @tf.function(input_signature=[tf.TensorSpec([None, *images.shape[1:]], tf.uint8)])
-    def predict(batch):
-        return tf.nn.softmax(trainer.ema_logits(scale_images(batch)))
-
-    out = [predict(images[i:i + batch_size]).numpy() for i in range(0, len(images), batch_size)]
+    predict = tf.function(lambda batch: tf.nn.softmax(trainer.ema_logits(batch)), input_signature=input_signature,
+                          reduce_retracing=input_signature is None)
+    out = [predict(batch).numpy() for batch in batches]
     return np.concatenate(out) if out else np.zeros([0, trainer.num_classes], np.float32)
 
 
@@ -225,7 +222,7 @@ def confusion_on_test_set(trainer, data, batch_size=256):
     None when there are no test images."""
     if data.test_images is None or not len(data.test_images):
         return None
-    predicted = np.argmax(train_probabilities(trainer, data, batch_size, split="test"), axis=-1)
+    predicted = np.argmax(split_probabilities(trainer, data, batch_size, split="test"), axis=-1)
     c = trainer.num_classes
     true = np.asarray(data.test_labels, np.int64)
     return np.bincount(true * c + predicted, minlength=c * c).reshape(c, c)

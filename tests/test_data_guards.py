@@ -72,7 +72,7 @@ def test_report_for_large_image_files_predicts_through_the_eval_pipeline(tmp_pat
     colours = np.stack([files[str(p)][1] for p in data.train_paths]).astype(np.float32)
     expected = tf.nn.softmax(trainer.ema_logits(np.broadcast_to(
         ((colours / 255.0 - 0.5) * 2.0)[:, None, None, :], (n, 66, 66, 3)))).numpy()
-    np.testing.assert_allclose(report.train_probabilities(trainer, data, 4), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(report.split_probabilities(trainer, data, 4), expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(issues.suggested_label, np.argmax(expected, axis=1))
     np.testing.assert_array_equal(issues.path, data.train_paths)
 
