@@ -32,15 +32,17 @@ class ExampleStats(keras.layers.Layer):
         return keras.Variable(np.zeros(shape, np.float32), trainable=False, name=name,
                               aggregation="sum", synchronization="on_read")
 
-    def update(self, ids, omega, label_mix, guess):
-        """Adds one step's per-example values (ids int [B]; omega, label_mix float [B]; guess [B, C])."""
+    def update(self, ids, omega, label_mix, guess, kept=None):
+        """Adds one step's per-example values (ids int [B]; omega, label_mix float [B]; guess [B, C]), unless the
+        bool scalar `kept` is False (a step whose meta step overflowed its loss scale: not a visit)."""
         index = tf.cast(ids, tf.int32)[:, None]
+        weight = tf.ones([]) if kept is None else tf.cast(kept, tf.float32)
         for variable, values in ((self.omega_sum, omega), (self.pseudo_count, 1.0 - label_mix),
                                  (self.visits, tf.ones_like(omega))):
-            variable.assign_add(tf.scatter_nd(index, tf.cast(values, tf.float32), [self.num_examples]))
+            variable.assign_add(tf.scatter_nd(index, weight * tf.cast(values, tf.float32), [self.num_examples]))
         if self.track_guesses:
             self.guess_sum.assign_add(tf.scatter_nd(
-                index, tf.cast(guess, tf.float32), [self.num_examples, self.num_classes]))
+                index, weight * tf.cast(guess, tf.float32), [self.num_examples, self.num_classes]))
 
     def result(self):
         """Numpy views: visits, mean omega*, pseudo-label fraction, and the summed guesses (or None)."""

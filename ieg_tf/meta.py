@@ -15,8 +15,15 @@ Three ways to get the gradients (`TrainerConfig.meta_grad_mode`):
   momentum term eta mu a does not depend on (omega, lambda); it only moves the point where grad L_p is read, an
   O(eta) shift this approximation drops. The probe loss and logits it reports are taken at theta. It is exact
   for L2R, whose look-ahead starts at omega0 = 0 with no momentum, so theta' = theta.
-The rules that turn the gradients into omega* and lambda* (`losses.normalize_weights`, `binarize_label_mix`) are
-scale-free and read signs, so they apply to every mode unchanged.
+The rules that turn the gradients into omega* and lambda* (`losses.normalize_weights`, `binarize_label_mix`) read
+signs and ratios, so they apply to every mode unchanged.
+
+Loss scaling (`loss_scale`, mixed_float16): the float16 backward passes of the meta step underflow as the main
+step's would, so both of its differentiations are seeded with the optimizer's loss scale S and unscaled in float32:
+G = (d S L_look / d theta) / S, and d L_probe / d(omega, lambda) = (d S L_probe / d(omega, lambda)) / S. The second
+one's probe backward then runs at the main step's magnitudes, and the second-order pass through G (a forward-mode
+like propagation of -eta grad L_probe) needs no scale of its own. With S = 1 nothing changes. Scaled gradients
+that overflow (S too large) make the step report `overflow` instead of NaN weights (`solve_weights`).
 
 `MetaCache` keeps the solved omega*, lambda* by example id for `TrainerConfig.meta_every` > 1.
 """
@@ -49,7 +56,8 @@ class MetaStep(typing.NamedTuple):
     label_mix: tf.Tensor   # [B] lambda*, stop-gradiented
     probe_loss: tf.Tensor  # probe loss at theta' (theta for approx_vjp); 0 on a reuse step
     probe_acc: tf.Tensor   # probe accuracy at the same point; 0 on a reuse step
-    solved: tf.Tensor      # 1.0 if the step ran the meta step, 0.0 if it reused the cache
+    solved: tf.Tensor      # 1.0 if the step ran the meta step, 0.0 if it reused the cache (or overflowed)
+    overflow: tf.Tensor    # True if the loss-scaled meta gradients were not finite: the step must not be applied
 
 
 def look_ahead(params, grads, accumulators, step_size, momentum):
@@ -97,7 +105,8 @@ def _all_layers(model):
 
 
 def meta_gradients(*, network, forward_fn, look_loss_fn, omega0, lambda0, probe_images, probe_labels_onehot,
-                   accumulators, step_size, momentum, probe_weight_decay, main_tape=None, mode="exact"):
+                   accumulators, step_size, momentum, probe_weight_decay, main_tape=None, mode="exact",
+                   loss_scale=None):
     """Runs the meta step and returns d L_probe / d (omega, lambda).
 
     Args:
@@ -112,15 +121,16 @@ def meta_gradients(*, network, forward_fn, look_loss_fn, omega0, lambda0, probe_
       probe_weight_decay: wd of the probe objective.
       main_tape: the caller's outer tape; paused while the meta-only work runs so it records nothing it never uses.
       mode: "exact", "last_layer" or "approx_vjp" (see the module docstring).
+      loss_scale: scalar S that seeds both differentiations (module docstring), or None (= 1).
 
     Returns:
-      MetaGradients.
+      MetaGradients, unscaled.
     """
     outputs, result = _run(
         lambda solve: solve(), mode=mode, network=network, forward_fn=forward_fn, look_loss_fn=look_loss_fn,
         omega0=omega0, lambda0=lambda0, probe_images=probe_images, probe_labels_onehot=probe_labels_onehot,
         accumulators=accumulators, step_size=step_size, momentum=momentum, probe_weight_decay=probe_weight_decay,
-        main_tape=main_tape)
+        main_tape=main_tape, loss_scale=loss_scale)
     return MetaGradients(outputs, *result)
 
 
@@ -139,22 +149,33 @@ def solve_weights(mode, cache, step, ids, skip_by_cond=True, **meta_args):
       **meta_args: `meta_gradients`' arguments (but `mode`).
 
     Returns:
-      MetaStep. The forward runs every step either way (the main loss needs it).
+      MetaStep. The forward runs every step either way (the main loss needs it). Under a loss scale S > 1,
+      non-finite meta gradients are an overflow of the scale, as the LossScaleOptimizer treats the main
+      gradients: omega*, lambda* are then 0 and `overflow` is set, and the caller skips the update (which lowers
+      S). At S <= 1 (or without a scale) they stay NaN, as a diverged run must show.
     """
     labels = meta_args["probe_labels_onehot"]
+    loss_scale = meta_args.get("loss_scale")
 
     def solved(solve):
         grad_omega, grad_lambda, probe_logits, probe_loss = solve()
         hit = tf.cast(tf.argmax(probe_logits, -1) == tf.argmax(labels, -1), tf.float32)
+        overflow = tf.constant(False)
+        if loss_scale is not None:
+            finite = tf.reduce_all(tf.math.is_finite(grad_omega)) & tf.reduce_all(tf.math.is_finite(grad_lambda))
+            overflow = tf.logical_not(finite) & (loss_scale > 1.0)
+            grad_omega, grad_lambda = (tf.where(overflow, tf.zeros_like(g), g) for g in (grad_omega, grad_lambda))
+            probe_loss = tf.where(overflow, tf.zeros_like(probe_loss), probe_loss)
         return (losses.normalize_weights(grad_omega), losses.binarize_label_mix(grad_lambda),
-                tf.cast(probe_loss, tf.float32), tf.reduce_mean(hit), tf.ones([]))
+                tf.cast(probe_loss, tf.float32), tf.reduce_mean(hit),
+                1.0 - tf.cast(overflow, tf.float32), overflow)
 
     def decide(solve):
         if cache is None:
             return solved(solve)
 
         def reused():
-            return (*cache.lookup(ids), tf.zeros([]), tf.zeros([]), tf.zeros([]))
+            return (*cache.lookup(ids), tf.zeros([]), tf.zeros([]), tf.zeros([]), tf.constant(False))
 
         due = cache.due(step)
         if skip_by_cond:
@@ -167,14 +188,16 @@ def solve_weights(mode, cache, step, ids, skip_by_cond=True, **meta_args):
 
 
 def _run(decide, *, mode, network, forward_fn, look_loss_fn, omega0, lambda0, probe_images, probe_labels_onehot,
-         accumulators, step_size, momentum, probe_weight_decay, main_tape=None, probe_non_trainable=None):
+         accumulators, step_size, momentum, probe_weight_decay, main_tape=None, probe_non_trainable=None,
+         loss_scale=None):
     """Records the forward on the meta tapes, then returns (outputs, decide(solve)).
 
     `probe_non_trainable` (default: the network's variables) is the non-trainable state of the probe forward, so
     that its Dropout masks can be drawn apart from the other passes' (`IEGTrainer.pass_state`).
 
-    `solve()` does the meta-only work and returns (grad_omega, grad_lambda, probe_logits, probe_loss). Splitting
-    it off lets `decide` put it under a `tf.cond`, with the forward (which the main loss needs anyway) outside.
+    `solve()` does the meta-only work and returns (grad_omega, grad_lambda, probe_logits, probe_loss), unscaled
+    (`loss_scale`: module docstring). Splitting it off lets `decide` put it under a `tf.cond`, with the forward
+    (which the main loss needs anyway) outside.
     """
     if mode not in META_GRAD_MODES:
         raise ValueError(f"unknown meta_grad_mode '{mode}'; choose one of: {', '.join(META_GRAD_MODES)}")
@@ -184,20 +207,22 @@ def _run(decide, *, mode, network, forward_fn, look_loss_fn, omega0, lambda0, pr
     probe = (probe_images, probe_labels_onehot, probe_weight_decay)
     indices = classifier_indices(network) if mode == "last_layer" else range(len(params))
     stepped = [params[i] for i in indices]
+    scaled, unscaled = _scaling(loss_scale)
     with tf.GradientTape() as meta_tape:
         meta_tape.watch([omega0, lambda0])
         with tf.GradientTape() as look_tape:
             outputs = forward_fn()
-            look_loss = look_loss_fn(outputs, omega0, lambda0)
+            look_loss = scaled(look_loss_fn(outputs, omega0, lambda0))
 
         def solve():
             with pause():
-                grads = look_tape.gradient(look_loss, stepped, unconnected_gradients=ZERO)
+                grads = unscaled(look_tape.gradient(look_loss, stepped, unconnected_gradients=ZERO))
                 if mode == "approx_vjp":
                     with meta_tape.stop_recording():
                         with tf.GradientTape() as probe_tape:
                             probe_loss, probe_logits = probe_objective(network, params, non_trainable, *probe)
-                        v = probe_tape.gradient(probe_loss, params, unconnected_gradients=ZERO)
+                            scaled_probe_loss = scaled(probe_loss)
+                        v = unscaled(probe_tape.gradient(scaled_probe_loss, params, unconnected_gradients=ZERO))
                     # d/d(omega, lambda) of <sg(v), G>: the mixed second derivative pulled back along v.
                     target = tf.add_n([tf.reduce_sum(g * tf.stop_gradient(u)) for g, u in zip(grads, v)])
                 else:
@@ -208,13 +233,23 @@ def _run(decide, *, mode, network, forward_fn, look_loss_fn, omega0, lambda0, pr
                     probe_loss, probe_logits = probe_objective(network, theta_prime, non_trainable, *probe)
                     target = probe_loss
                 # Asked inside the tape's context, as a cond branch must return it; the tape stops recording here.
-                grad_omega, grad_lambda = meta_tape.gradient(target, [omega0, lambda0], unconnected_gradients=ZERO)
+                grad_omega, grad_lambda = unscaled(
+                    meta_tape.gradient(scaled(target), [omega0, lambda0], unconnected_gradients=ZERO))
                 if mode == "approx_vjp":
                     grad_omega, grad_lambda = -step_size * grad_omega, -step_size * grad_lambda
             return grad_omega, grad_lambda, probe_logits, probe_loss
 
         result = decide(solve)
     return outputs, result
+
+
+def _scaling(loss_scale):
+    """(scaled, unscaled): multiply a loss by S, divide a list of gradients by S; identities when S is None."""
+    if loss_scale is None:
+        return (lambda loss: loss), (lambda grads: grads)
+    scale = tf.cast(loss_scale, tf.float32)
+    return ((lambda loss: loss * tf.cast(scale, loss.dtype)),
+            (lambda grads: [g / tf.cast(scale, g.dtype) for g in grads]))
 
 
 class MetaCache(keras.layers.Layer):
@@ -265,9 +300,10 @@ class MetaCache(keras.layers.Layer):
             rel, lam = tf.where(seen, stored_rel, rel), tf.where(seen, stored_lam, lam)
         return tf.math.divide_no_nan(rel, tf.reduce_sum(rel)), lam
 
-    def update(self, ids, omega, label_mix, step):
-        """Stores this step's omega*, lambda* when it solved them (`due(step)`); otherwise changes nothing."""
-        solved = self.due(step)
+    def update(self, ids, omega, label_mix, step, kept=None):
+        """Stores this step's omega*, lambda* when it solved them (`due(step)`, and `kept` unless None: False for
+        a step whose meta step overflowed its loss scale); otherwise changes nothing."""
+        solved = self.due(step) if kept is None else self.due(step) & kept
         rel = tf.cast(omega, tf.float32) * tf.cast(tf.shape(omega)[0], tf.float32)
         label_mix = tf.cast(label_mix, tf.float32)
         means = tf.stack([tf.reduce_mean(rel), tf.reduce_mean(label_mix)])

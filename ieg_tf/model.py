@@ -49,6 +49,8 @@ class StepResult(typing.NamedTuple):
     logs: dict             # tracker name -> (value, weight)
     per_example: tuple     # (omega*, lambda*, guessed label) for the label-issue statistics, or None
     state: list            # the weak-view forward's new non-trainable values (BN moving statistics)
+    overflow: typing.Any = None  # True when the loss-scaled meta step overflowed (mixed_float16): the step must be
+                                 # skipped (`IEGTrainer._overflow_guard`); None for supervised
 
 
 @keras.saving.register_keras_serializable(package="ieg_tf")
@@ -167,13 +169,14 @@ class IEGTrainer(keras.Model):
         data = self._checked_batch(data)
         seed = self.step_seed()
         step = self.compute_gradients(data, seed)
+        grads, kept = self._overflow_guard(step)  # an overflowed step (mixed_float16) is skipped, records nothing
         if self.meta_cache is not None:  # before `apply`, which advances the iteration that says "solved"
-            self.meta_cache.update(data["id"], *step.per_example[:2], self.optimizer.iterations)
-        self.optimizer.apply(step.grads, self.network.trainable_variables)
+            self.meta_cache.update(data["id"], *step.per_example[:2], self.optimizer.iterations, kept=kept)
+        self.optimizer.apply(grads, self.network.trainable_variables)
         self.commit_state(step.state)
         self.update_ema()
         if self.example_stats is not None and step.per_example is not None:
-            self.example_stats.update(data["id"], *step.per_example)
+            self.example_stats.update(data["id"], *step.per_example, kept=kept)
         for name, value in step.logs.items():
             self.trackers[name].update_state(value[0], sample_weight=value[1])
         return _global_results(self.trackers)
@@ -221,6 +224,35 @@ class IEGTrainer(keras.Model):
         loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
         return loss if self.optimizer is None else self.optimizer.scale_loss(loss)
 
+    def _loss_scale(self):
+        """The LossScaleOptimizer's current scale S (mixed_float16), which the meta step's differentiations share
+        with the main one (`meta` module docstring); None when the optimizer scales nothing."""
+        if self.optimizer is None or self.optimizer is self.base_optimizer:
+            return None
+        return tf.cast(self.optimizer.scale_loss(tf.ones([])), tf.float32)
+
+    def _overflow_guard(self, step):
+        """(gradients to apply, kept) under a LossScaleOptimizer; (step.grads, None) without one.
+
+        A step overflowed when its loss-scaled meta step did (`step.overflow`) or its gradients are not finite, on
+        any replica. Its gradients are then made NaN on every replica, so the LossScaleOptimizer skips the update
+        and halves its scale, and `kept` (False) tells the caller to record nothing. Keras' LossScaleOptimizer
+        alone does not suffice under a multi-replica strategy: it tests replica 0's gradients before they are
+        summed, so an overflow on another replica alone was applied (inf weights, measured in
+        tests/mirrored_overflow_check.py).
+        """
+        if self._loss_scale() is None:
+            return step.grads, None
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in step.grads if g is not None])
+        overflow = tf.logical_not(finite)
+        if step.overflow is not None:
+            overflow = overflow | step.overflow
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            overflow = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(overflow, tf.float32)) > 0.0
+        poison = tf.where(overflow, float("nan"), 1.0)
+        return [g if g is None else g * tf.cast(poison, g.dtype) for g in step.grads], tf.logical_not(overflow)
+
     def _ieg_step(self, data, seed):
         cfg, net = self.config, self.network
         x, y, true = self._inputs(data)
@@ -257,7 +289,7 @@ class IEGTrainer(keras.Model):
                 omega0=omega0, lambda0=lambda0, probe_images=xp, probe_labels_onehot=yp,
                 accumulators=self._accumulators(), step_size=cfg.meta_stepsize, momentum=cfg.meta_momentum,
                 probe_weight_decay=self._probe_weight_decay(), main_tape=tape,
-                probe_non_trainable=self.pass_state(seed, 3))
+                probe_non_trainable=self.pass_state(seed, 3), loss_scale=self._loss_scale())
             z, z_strong, guess, state = m.outputs
             guess = tf.stop_gradient(guess)
             omega, lam = m.omega, m.label_mix
@@ -294,7 +326,7 @@ class IEGTrainer(keras.Model):
             **self._meta_logs(m, y, true),
             "train_acc": (_accuracy(z, y), ones),
         }
-        return StepResult(grads, logs, (omega, lam, guess), state)
+        return StepResult(grads, logs, (omega, lam, guess), state, m.overflow)
 
     def _ce_weight(self):
         """p at this step: ce_factor, ramped linearly from 0 over ce_rampup_steps when that is set."""
@@ -346,7 +378,7 @@ class IEGTrainer(keras.Model):
                 lambda0=tf.zeros([batch]), probe_images=tf.convert_to_tensor(data["probe_image"]),
                 probe_labels_onehot=yp, accumulators=None, step_size=cfg.meta_stepsize, momentum=0.0,
                 probe_weight_decay=self._probe_weight_decay(), main_tape=tape,
-                probe_non_trainable=self.pass_state(seed, 3))
+                probe_non_trainable=self.pass_state(seed, 3), loss_scale=self._loss_scale())
             z, state = m.outputs
             omega = m.omega
             l2 = losses.l2_penalty(self.decayed_variables, cfg.weight_decay)
@@ -356,7 +388,7 @@ class IEGTrainer(keras.Model):
         ones = tf.ones([])
         logs = {"loss": (total, ones), "l2_loss": (l2, ones), **self._meta_logs(m, y, true),
                 "train_acc": (_accuracy(z, y), ones)}
-        return StepResult(grads, logs, (omega, tf.ones_like(omega), tf.nn.softmax(z)), state)
+        return StepResult(grads, logs, (omega, tf.ones_like(omega), tf.nn.softmax(z)), state, m.overflow)
 
     def _supervised_step(self, data, seed):
         x, y, _ = self._inputs(data)

@@ -1,16 +1,12 @@
 """Cheaper meta steps (issue 7): last_layer and approx_vjp against exact, and reusing omega*, lambda* (meta_every)."""
 
-import json
-import os
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import tinydata
+from subprocess_result import run_result
 from ieg_tf import losses, meta
 from ieg_tf.config import META_GRAD_MODES, TrainerConfig
 from ieg_tf.model import IEGTrainer
@@ -317,6 +313,7 @@ import numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import tinydata
+from subprocess_result import run_result
 from ieg_tf.config import TrainerConfig
 from ieg_tf.model import IEGTrainer
 x, noisy, true, centers = tinydata.blobs(per_class=16)
@@ -341,12 +338,7 @@ print("RESULT " + json.dumps({"diff": float(max(np.max(np.abs(c - want)) for c i
 
 
 def test_cache_under_two_replicas_holds_every_replicas_examples():
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(here), here]), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    run = subprocess.run([sys.executable, "-c", _MIRRORED], env=env, capture_output=True, text=True, timeout=600)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
-    assert run.returncode == 0 and lines, run.stderr[-3000:]
-    out = json.loads(lines[-1][len("RESULT "):])
+    out = run_result(["-c", _MIRRORED])
     # Step 0 solved 16 ids, 8 per replica; step 1 reused and wrote nothing; both replicas hold the same store.
     assert out["copies"] == 2 and out["solved"] == 16, out
     assert out["diff"] < 1e-5, out
