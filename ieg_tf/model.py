@@ -631,6 +631,7 @@ def check_logits_network(network, num_classes):
         size = _symbolic_logits_size(network)
         if size is not None:
             _check_size(size, num_classes)
+        _check_not_probabilities(network, num_classes, "network")
         return
     if len(outputs) != 1:
         raise ValueError(f"the network has {len(outputs)} outputs; IEGTrainer needs one, the class logits")
@@ -644,6 +645,45 @@ def check_logits_network(network, num_classes):
         raise ValueError(f"the network's last layer ({layer.name}) applies {activation}, but IEGTrainer needs "
                          f"logits (its losses apply softmax themselves): drop the activation, e.g. keras.layers."
                          f"Dense({num_classes}) instead of Dense({num_classes}, activation='{activation}')")
+    _check_not_probabilities(network, num_classes, f"network's last layer ({layer.name})")
+
+
+def _check_not_probabilities(network, num_classes, where):
+    """Raises ValueError when the network's outputs on a few random inputs are (log-)probabilities: every row
+    sums to 1 (softmax) or has logsumexp 0 (log_softmax). Catches what no layer inspection sees: a softmax inside
+    a subclassed `call`, a Lambda or `keras.ops.softmax` at the end of a functional model. Random logits meet
+    either test on all rows with probability ~0. Sigmoid outputs cannot be told from logits this way. Networks
+    whose input shape is unknown or that cannot run eagerly here (e.g. TPU variables) are not checked."""
+    outputs = _probe_outputs(network)
+    if outputs is None or outputs.ndim != 2 or outputs.shape[1] < 2:
+        return
+    tolerance = 1e-2  # float16 outputs sum to 1 only to about 1e-3
+    log_sum = np.log(np.sum(np.exp(outputs), axis=1))
+    if np.all(outputs >= 0) and np.allclose(outputs.sum(axis=1), 1.0, atol=tolerance):
+        kind = "softmax"
+    elif np.all(outputs <= 0) and np.allclose(log_sum, 0.0, atol=tolerance):
+        kind = "log_softmax"
+    else:
+        return
+    raise ValueError(f"the {where} outputs {kind} probabilities (each row of its output on random inputs is a "
+                     f"distribution over the {num_classes} classes), but IEGTrainer needs logits (its losses apply "
+                     f"softmax themselves): remove the {kind} from the network's end, e.g. return "
+                     f"keras.layers.Dense({num_classes})(h) instead of its {kind}")
+
+
+def _probe_outputs(network, batch=4):
+    """float64 outputs of `network` (inference mode) on `batch` fixed random inputs in [-1, 1], or None when
+    its input shape is unknown or the call fails."""
+    inputs = getattr(network, "inputs", None)
+    shape = tuple(inputs[0].shape) if inputs and len(inputs) == 1 else \
+        (network.get_build_config() or {}).get("input_shape")
+    if not shape or not all(isinstance(d, int) for d in shape[1:]):
+        return None
+    x = tf.random.stateless_uniform([batch, *shape[1:]], [7, 11], minval=-1.0, maxval=1.0)
+    try:
+        return np.asarray(keras.ops.convert_to_numpy(network(x, training=False)), np.float64)
+    except Exception:  # noqa: BLE001 - a network that cannot run here is checked by its logits' size alone
+        return None
 
 
 def check_logits_size(logits, num_classes):

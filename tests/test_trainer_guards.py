@@ -253,3 +253,39 @@ def test_weak_and_strong_passes_of_one_image_differ_by_their_dropout(jit):
     assert logs["kl_loss"] > 1e-4 and np.isfinite(logs["loss"])
     for variable, before in zip(trainer.network.non_trainable_variables, state):
         np.testing.assert_array_equal(variable.numpy(), before)  # the stored seed state is not used, nor moved
+
+
+class _SoftmaxInCall(keras.Model):
+    """A subclassed network that applies softmax inside `call`: no layer to inspect says so."""
+
+    def __init__(self, log=False):
+        super().__init__()
+        self.flatten, self.head, self.log = keras.layers.Flatten(), keras.layers.Dense(4), log
+
+    def call(self, x, training=False):
+        logits = self.head(self.flatten(x))
+        return keras.ops.log_softmax(logits) if self.log else keras.ops.softmax(logits)
+
+
+def test_softmax_inside_a_subclassed_call_or_a_lambda_is_refused():
+    with pytest.raises(ValueError, match="the network outputs softmax probabilities.*needs logits"):
+        IEGTrainer(_built(_SoftmaxInCall()), 4)
+    with pytest.raises(ValueError, match="outputs log_softmax probabilities.*needs logits"):
+        IEGTrainer(_built(_SoftmaxInCall(log=True)), 4)
+    inputs = keras.Input(tinydata.SHAPE)
+    logits = keras.layers.Dense(4)(keras.layers.Flatten()(inputs))
+    for end in (keras.layers.Lambda(lambda z: keras.ops.softmax(z)), keras.ops.softmax):
+        with pytest.raises(ValueError, match=r"last layer \(.*\) outputs softmax probabilities"):
+            IEGTrainer(keras.Model(inputs, end(logits)), 4)
+    # Logits pass, including a network whose outputs at initialisation are small and positive.
+    IEGTrainer(_built(_GatedLogits()), 4)
+    IEGTrainer(keras.Model(inputs, logits), 4)
+    positive = keras.Model(inputs, keras.layers.Dense(4, kernel_initializer="zeros", bias_initializer="ones")(
+        keras.layers.Flatten()(inputs)))
+    IEGTrainer(positive, 4)  # every output 1.0: rows sum to 4, not 1
+    try:  # float16 outputs of a softmax sum to 1 only to ~1e-3: still caught
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        with pytest.raises(ValueError, match="outputs softmax probabilities"):
+            IEGTrainer(_built(_SoftmaxInCall()), 4)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
