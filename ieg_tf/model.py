@@ -73,8 +73,8 @@ class IEGTrainer(keras.Model):
 
     Labels outside [0, C) and ids outside [0, N) stop the step with an InvalidArgumentError naming the key (they
     would otherwise become all-zero targets or be dropped silently). These are `tf.debugging` asserts, which XLA
-    drops: with `compile(jit_compile=True)` out-of-range values go unchecked, so check new input pipelines once
-    without XLA.
+    drops: with `compile(jit_compile=True)` the step counts them instead and logs a NaN loss, and `fit` stops
+    after that step with a ValueError naming labels and ids and their ranges (one step has then been applied).
 
     Set `trainable` on the network's layers before building the trainer: the EMA shadows are made for the
     trainable variables at that point (a later change is refused; build a new IEGTrainer around the network).
@@ -109,6 +109,9 @@ class IEGTrainer(keras.Model):
         self.trackers = {name: keras.metrics.Mean(name=name) for name in TRAIN_METRICS[config.method]}
         self.eval_loss = keras.metrics.Mean(name="eval_loss")
         self.eval_accuracy = keras.metrics.Mean(name="eval_accuracy")
+        # Labels / ids outside their range seen by training steps (the asserts that stop them are dropped by XLA);
+        # a metric, so it is neither checkpointed nor logged; `StopOnNonFiniteLoss` reads it.
+        self.input_errors = keras.metrics.Sum(name="input_errors")
         # Everything is created above; without this, `fit` under a strategy tries to build the trainer by calling
         # it on a training batch (a dict the wrapped network does not take).
         self.built = True
@@ -123,7 +126,7 @@ class IEGTrainer(keras.Model):
 
     @property
     def metrics(self):
-        return [*self.trackers.values(), self.eval_loss, self.eval_accuracy]
+        return [*self.trackers.values(), self.eval_loss, self.eval_accuracy, self.input_errors]
 
     @property
     def decayed_variables(self):
@@ -166,7 +169,7 @@ class IEGTrainer(keras.Model):
             raise ValueError(f"method {self.config.method} needs training batches with keys {required}; missing "
                              f"{missing}. Build them with ieg_tf.pipeline.train_dataset (a probe set is needed "
                              "for ieg and l2r).")
-        data = self._checked_batch(data)
+        data, errors = self._checked_batch(data)
         seed = self.step_seed()
         step = self.compute_gradients(data, seed)
         grads, kept = self._overflow_guard(step)  # an overflowed step (mixed_float16) is skipped, records nothing
@@ -177,7 +180,12 @@ class IEGTrainer(keras.Model):
         self.update_ema()
         if self.example_stats is not None and step.per_example is not None:
             self.example_stats.update(data["id"], *step.per_example, kept=kept)
-        for name, value in step.logs.items():
+        # Out-of-range values make the logged loss NaN, so `StopOnNonFiniteLoss` stops the run at this step even
+        # where XLA dropped the asserts, and names the cause from `input_errors`.
+        self.input_errors.update_state(errors)
+        logs = dict(step.logs, loss=(step.logs["loss"][0] + tf.where(errors > 0, float("nan"), 0.0),
+                                     step.logs["loss"][1]))
+        for name, value in logs.items():
             self.trackers[name].update_state(value[0], sample_weight=value[1])
         return _global_results(self.trackers)
 
@@ -190,18 +198,24 @@ class IEGTrainer(keras.Model):
         return random_ops.fold_in(random_ops.fold_in(seed, self.optimizer.iterations), replica_id)
 
     def _checked_batch(self, data):
-        """`data` with its labels and ids checked: static problems (one-hot labels, uint8 images) raise ValueError
-        at trace time; out-of-range values stop the step with an assert before they become all-zero targets."""
+        """(`data` with its labels and ids checked, the number of out-of-range values). Static problems (one-hot
+        labels, uint8 images) raise ValueError at trace time; out-of-range values stop the step with an assert
+        before they become all-zero targets, and where XLA drops the asserts, are counted instead."""
         checked = dict(data)
         for key in IMAGE_KEYS:
             if key in data:
                 _check_float_images(data[key], key)
-        for key in ("label", "probe_label"):
-            if key in data:
-                checked[key] = checked_indices(data[key], key, self.num_classes, "class labels")
+        errors = tf.zeros([], tf.float32)
+        limits = {"label": self.num_classes, "probe_label": self.num_classes}
         if self.num_train_examples:  # ids index the per-example variables only when N is known
-            checked["id"] = checked_indices(data["id"], "id", self.num_train_examples, "example ids")
-        return checked
+            limits["id"] = self.num_train_examples
+        for key, limit in limits.items():
+            if key in data:
+                what = "example ids" if key == "id" else "class labels"
+                checked[key] = checked_indices(data[key], key, limit, what)
+                outside = (checked[key] < 0) | (checked[key] >= limit)
+                errors += tf.reduce_sum(tf.cast(outside, tf.float32))
+        return checked, errors
 
     def compute_gradients(self, data, seed):
         """One replica's step without side effects: a StepResult (see its fields).
@@ -600,6 +614,13 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
             step = int(self.model.optimizer.iterations.numpy())
+            errors = getattr(self.model, "input_errors", None)
+            if errors is not None and float(errors.result()) > 0:
+                raise ValueError(
+                    f"{int(errors.result())} labels or example ids outside their range reached the training step "
+                    f"by step {step}: labels must lie in [0, {self.model.num_classes}), ids in [0, number of "
+                    "training examples). Check the dataset (an XLA-compiled step cannot assert them; "
+                    "compile(jit_compile=False) names the key at the first bad batch)")
             raise NonFiniteLossError(f"the training loss became {loss} at step {step}; {self.hint}")
 
 

@@ -85,6 +85,27 @@ def test_out_of_range_labels_and_ids_stop_the_step_with_the_key_and_range():
         trainer.evaluate(x[:8], true[:8] + 4, verbose=0)
 
 
+@pytest.mark.parametrize("method", ["supervised", "ieg"])
+def test_out_of_range_labels_stop_an_xla_fit_that_cannot_assert_them(method):
+    """XLA drops the asserts above: the bad values are counted instead, the logged loss becomes NaN and fit stops
+    at that step naming the cause. Before, the labels silently became all-zero targets."""
+    x, noisy, true, centers = tinydata.blobs(per_class=16)
+    bad = noisy.copy()
+    bad[5] = 7  # one label of 64 outside [0, 4)
+    trainer = IEGTrainer(tinydata.mlp(), 4, TrainerConfig(method=method), num_train_examples=64)
+    trainer.compile(optimizer=TF1Momentum(0.1), jit_compile=True)
+    data = tinydata.train_dataset(x, bad, true, *tinydata.probe(centers), batch_size=16)
+    with pytest.raises(ValueError, match=r"1 labels or example ids outside their range reached the training step by "
+                                         r"step \d+: labels must lie in \[0, 4\)"):
+        trainer.fit(data, steps_per_epoch=8, epochs=1, verbose=0)
+    assert int(trainer.optimizer.iterations) <= 4  # stopped at the batch holding example 5, within the first epoch
+    good = IEGTrainer(tinydata.mlp(), 4, TrainerConfig(method=method), num_train_examples=64)
+    good.compile(optimizer=TF1Momentum(0.1), jit_compile=True)
+    history = good.fit(tinydata.train_dataset(x, noisy, true, *tinydata.probe(centers), batch_size=16),
+                       steps_per_epoch=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1]) and "input_errors" not in history.history
+
+
 def test_one_hot_labels_and_uint8_training_images_are_refused_naming_the_remedy():
     trainer = _trainer()
     batch = next(iter(_data()[2]))
