@@ -1,23 +1,36 @@
-"""Export: a SavedModel of the EMA network whose serving signature takes images as the data set stores them.
+"""Export: a SavedModel of the EMA network, served from decoded images or from encoded image files.
 
 The exported module holds its own copies of the EMA shadow values (in place of the network's trainable
 variables) and of the network's current non-trainable state (BatchNorm moving statistics), and runs the user's
 network through `stateless_call` on them: the same computation as `IEGTrainer.ema_logits`, while the live
 network keeps its own weights. Only the network is exported, never the trainer (STYLE 3).
 
+Two signatures, both returning {"probabilities": float32 [None, K], "classes": int32 [None] (the argmax), and
+"class_names": string [None] when the names are known}:
+* `serving_default` takes `images` [None, H, W, C] as the data set stores them (uint8) or scaled to [-1, 1].
+* `serving_bytes` takes `image_bytes` string [None] of JPEG / PNG / BMP / GIF files (what TF Serving's REST API
+  decodes from {"b64": ...}) and applies the evaluation's preprocessing (`pipeline.eval_dataset`) to each.
+
 Example:
-  path = export_serving(trainer, "/tmp/ieg_export", image_shape=(32, 32, 3))
-  serve = tf.saved_model.load(path).signatures["serving_default"]
-  probabilities = serve(images=uint8_batch)["probabilities"]
+  path = export_serving(trainer, "/tmp/ieg_export", image_shape=(32, 32, 3), class_names=data.class_names)
+  served = tf.saved_model.load(path)
+  probabilities = served.signatures["serving_default"](images=uint8_batch)["probabilities"]
+  names = served.signatures["serving_bytes"](image_bytes=tf.constant([png_bytes]))["class_names"]
 """
 
+import collections.abc
 import numbers
 
 import tensorflow as tf
 
+from ieg_tf import augment
 from ieg_tf import model
 
 SIGNATURE = "serving_default"
+BYTES_SIGNATURE = "serving_bytes"
+# PIL's convert("L") in 1/65536 (ITU-R 601-2 luma, summing to 65536): a grey model sees colour files converted as
+# `image_files` converted its training files, and a grey file decoded as RGB comes back unchanged.
+_LUMA = (19595, 38470, 7471)
 
 
 def scale_images(images):
@@ -25,35 +38,48 @@ def scale_images(images):
     return (tf.cast(images, tf.float32) / 255.0 - 0.5) * 2.0
 
 
-def export_serving(trainer, export_dir, *, image_shape, input_dtype=tf.uint8):
-    """Writes a SavedModel of the trainer's EMA network with a `serving_default` signature.
+def export_serving(trainer, export_dir, *, image_shape, input_dtype=tf.uint8, class_names=None,
+                   center_crop=False):
+    """Writes a SavedModel of the trainer's EMA network with `serving_default` and `serving_bytes` signatures.
+
+    Encoded images get the evaluation's preprocessing, chosen by `center_crop` rather than guessed from the
+    decoded size: file data sets (`pipeline.eval_dataset` decodes and centre-crops each file) pass True, so a
+    served file gets the same crop as the run's test images and the same prediction; in-memory data sets (digits,
+    CIFAR, small folder images) are evaluated on the stored images as they are, so an encoded image must already
+    be H x W and any other size fails with both sizes named, rather than being resized into an input the network
+    never saw.
 
     Args:
-      trainer: an `IEGTrainer` (anything with `network` and `ema_weights` aligned with the network's
-        trainable variables).
+      trainer: an `IEGTrainer` (anything with `network`, `num_classes` and `ema_weights` aligned with the
+        network's trainable variables).
       export_dir: directory to write (local or any `tf.io.gfile` path).
-      image_shape: (H, W, C) of one image.
-      input_dtype: tf.uint8 (default): images as the data set stores them, 0..255, scaled to [-1, 1] inside the
-        signature; tf.float32: images already scaled to [-1, 1].
+      image_shape: (H, W, C) of one image: the stored images, or the crop of file data. `serving_bytes` is
+        written for C = 1 (grey) or 3 (RGB) only, the channel counts image files decode to.
+      input_dtype: of `serving_default`'s images. tf.uint8 (default): images as the data set stores them,
+        0..255, scaled to [-1, 1] inside the signature; tf.float32: images already scaled to [-1, 1].
+      class_names: None, or one name per class (`data.class_names`): adds the "class_names" output.
+      center_crop: `serving_bytes` centre-crops each decoded image to H x H with `augment.center_crop`, as the
+        evaluation does for file data sets (`data.augment_kind == "imagenet"`); needs H == W.
 
     Returns:
-      `export_dir`. The signature takes `images` [None, H, W, C] of `input_dtype` and returns
-      {"probabilities": float32 [None, C]}.
+      `export_dir`.
 
     Raises:
-      ValueError: an input dtype other than uint8/float32, an image shape the network does not accept, or
-        weights that are NaN or Inf.
+      ValueError: an input dtype other than uint8/float32, an image shape the network does not accept, a
+        non-square shape with center_crop, class_names that are not one string per class, or weights that are
+        NaN or Inf.
     """
     dtype = tf.as_dtype(input_dtype)
     if dtype not in (tf.uint8, tf.float32):
         raise ValueError(f"input_dtype must be tf.uint8 (stored images, 0..255) or tf.float32 (already scaled to "
                          f"[-1, 1]), got {dtype.name}")
-    shape = _check_shape(image_shape, trainer.network)
     network = trainer.network
+    shape = _check_shape(image_shape, network, center_crop)
     if len(trainer.ema_weights) != len(network.trainable_variables):
         raise ValueError(f"the trainer has {len(trainer.ema_weights)} EMA values for "
                          f"{len(network.trainable_variables)} trainable variables; rebuild the trainer around "
                          "this network")
+    names = _check_class_names(class_names, trainer.num_classes)
     model.check_finite_weights([*trainer.ema_weights, *network.non_trainable_variables])
     module = tf.Module()
     # Copies, not references: the SavedModel must not capture (and so must not depend on) the live variables.
@@ -62,22 +88,63 @@ def export_serving(trainer, export_dir, *, image_shape, input_dtype=tf.uint8):
     module.state = [tf.Variable(v.numpy(), trainable=False, name=f"state_{i}")
                     for i, v in enumerate(network.non_trainable_variables)]
 
+    def predict(scaled):
+        logits, _ = network.stateless_call(module.ema, module.state, scaled, training=False)
+        logits = tf.cast(logits, tf.float32)
+        classes = tf.argmax(logits, axis=-1, output_type=tf.int32)  # as the evaluation's accuracy counts a hit
+        outputs = {"probabilities": tf.nn.softmax(logits), "classes": classes}
+        if names is not None:
+            outputs["class_names"] = tf.gather(tf.constant(names), classes)
+        return outputs
+
     @tf.function(input_signature=[tf.TensorSpec([None, *shape], dtype, name="images")])
     def serve(images):
-        x = scale_images(images) if dtype == tf.uint8 else images
-        logits, _ = network.stateless_call(module.ema, module.state, x, training=False)
-        return {"probabilities": tf.nn.softmax(tf.cast(logits, tf.float32))}
+        return predict(scale_images(images) if dtype == tf.uint8 else images)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve_bytes(image_bytes):
+        images = tf.map_fn(lambda args: _decode(*args, shape, center_crop),
+                           (image_bytes, tf.range(tf.size(image_bytes))),
+                           fn_output_signature=tf.TensorSpec(shape, tf.uint8))
+        return predict(scale_images(images))
 
     module.serve = serve
-    tf.saved_model.save(module, export_dir, signatures={SIGNATURE: serve.get_concrete_function()})
+    signatures = {SIGNATURE: serve.get_concrete_function()}
+    if shape[2] in (1, 3):  # image files decode to grey or RGB; other channel counts are served as arrays only
+        module.serve_bytes = serve_bytes
+        signatures[BYTES_SIGNATURE] = serve_bytes.get_concrete_function()
+    tf.saved_model.save(module, export_dir, signatures=signatures)
     return export_dir
 
 
-def _check_shape(image_shape, network):
+def _decode(encoded, index, shape, center_crop):
+    """uint8 [H, W, C] of the encoded image `image_bytes[index]`, as the evaluation feeds it to the network.
+
+    Decoded as RGB (the decoders of BMP and GIF have no grey output), then converted to grey for C = 1.
+    """
+    height, width, channels = shape
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    if channels == 1:
+        luma = tf.reduce_sum(tf.cast(image, tf.int32) * _LUMA, axis=-1, keepdims=True)
+        image = tf.cast(tf.bitwise.right_shift(luma + 2 ** 15, 16), tf.uint8)
+    if center_crop:
+        return augment.center_crop(image, height)
+    got = tf.shape(image)[:2]
+    fits = tf.debugging.Assert(tf.reduce_all(got == [height, width]), [tf.strings.format(
+        "image_bytes[{}] is {}x{} (height x width) but this model takes {}x{} images: resize it before sending, "
+        "as the training images were resized", (index, got[0], got[1], height, width))])
+    with tf.control_dependencies([fits]):  # else the reshape (or an ensure_shape) may fail first, naming no sizes
+        return tf.reshape(image, shape)
+
+
+def _check_shape(image_shape, network, center_crop):
     shape = tuple(image_shape)
     if len(shape) != 3 or not all(isinstance(d, numbers.Integral) and d > 0 for d in shape):
         raise ValueError(f"image_shape must be (H, W, C) of positive ints, got {image_shape!r}")
     shape = tuple(int(d) for d in shape)
+    if center_crop and shape[0] != shape[1]:
+        raise ValueError(f"center_crop gives square crops, but image_shape is {shape}; pass the crop size of the "
+                         "file data set, data.image_shape")
     inputs = getattr(network, "inputs", None)
     if inputs:
         expected = tuple(inputs[0].shape[1:])
@@ -85,3 +152,18 @@ def _check_shape(image_shape, network):
             raise ValueError(f"image_shape {shape} does not fit the network input {expected}; pass the shape of "
                              "one stored image, e.g. data.image_shape")
     return shape
+
+
+def _check_class_names(class_names, num_classes):
+    if class_names is None:
+        return None
+    if isinstance(class_names, (str, bytes)) or not isinstance(class_names, collections.abc.Iterable):
+        raise ValueError(f"class_names must be a list of str, one per class, got {class_names!r}")
+    names = list(class_names)
+    other = [n for n in names if not isinstance(n, str)]
+    if other:
+        raise ValueError(f"class_names must be str, got {other[0]!r} ({type(other[0]).__name__})")
+    if len(names) != num_classes:
+        raise ValueError(f"class_names has {len(names)} names but the trainer has {num_classes} classes; pass one "
+                         "name per class id (data.class_names) or None")
+    return names

@@ -319,7 +319,9 @@ def _write_outputs(trainer, data, run_cfg, results, history, issues, confusion):
                                       os.path.join(model_dir, "omega_distribution.png"), visits=issues.visits,
                                       batch_size=run_cfg.batch_size)
     if run_cfg.export_dir:
-        export.export_serving(trainer, run_cfg.export_dir, image_shape=data.image_shape)
+        # File data sets are evaluated on centre crops of the files (pipeline.eval_dataset); arrays as stored.
+        export.export_serving(trainer, run_cfg.export_dir, image_shape=data.image_shape,
+                              class_names=data.class_names, center_crop=data.augment_kind == "imagenet")
 
 
 def summary_line(results):
