@@ -16,6 +16,7 @@ from ieg_tf import image_files, noise, sources
 DATASETS = ("digits", "cifar10", "cifar100", "folder", "list", "arrays")
 _BENCHMARKS = ("digits", "cifar10", "cifar100")  # their given labels are clean
 _SPLIT_ARRAYS = ("noisy_labels", "true_labels", "train_ids", "probe_ids", "probe_labels")
+_PATHS_FILE = "train_paths.json"  # image-file data: the training files in id order
 _FILE_ORDER = ("; for image files the labels follow the training files, folder data by sorted class folder then "
                "sorted file name, list data by line, without files skipped by --skip_bad_images")
 
@@ -159,6 +160,8 @@ def from_arrays(train_images, train_labels=None, test_images=None, test_labels=N
     if inferred:
         label_sets = (given, clean, test_y, None if probe is None else probe[1])
         num_classes = int(max(np.max(y, initial=-1) for y in label_sets if y is not None)) + 1
+    if class_names is not None and not isinstance(class_names, (str, bytes)):
+        class_names = [str(n) if isinstance(n, np.str_) else n for n in class_names]  # a numpy array: plain strs
     raw = sources.RawData(name, int(num_classes), class_names, train_images.shape[1:], train_images, given,
                           test_images, test_y, sources.augment_kind_for(train_images.shape[1]),
                           *(probe if probe is not None else (None, None)),
@@ -172,20 +175,26 @@ def from_arrays(train_images, train_labels=None, test_images=None, test_labels=N
 
 
 def save_split(data, directory):
-    """Writes the split for auditing: noisy_labels, train_ids, probe_ids, probe_labels, true_labels (when known)
-    as .npy files, and split.json with the sizes, class names and noise (requested and realised)."""
+    """Writes the split for auditing: noisy_labels, train_ids, probe_ids, probe_labels, true_labels (when known) as
+    .npy files; for image-file data train_paths.json, the file of each training example in id order (a JSON list,
+    one path per line: a quarter of a fixed-width .npy string array's size, and any file name survives); and
+    split.json with the sizes, class names and noise (requested and realised)."""
     os.makedirs(directory, exist_ok=True)
-    arrays = {"noisy_labels": data.train_labels, "true_labels": data.train_true_labels,
-              "train_ids": data.train_ids, "probe_ids": data.probe_ids, "probe_labels": data.probe_labels}
-    arrays = {name: values for name, values in arrays.items() if values is not None}
+    arrays = {name: values for name, values in _split_arrays(data).items() if values is not None}
+    paths = arrays.pop("train_paths", None)
     for name, values in arrays.items():
         np.save(os.path.join(directory, f"{name}.npy"), values)
+    files = [f"{name}.npy" for name in arrays]
+    if paths is not None:
+        with open(os.path.join(directory, _PATHS_FILE), "w", encoding="utf-8") as f:
+            json.dump(paths.tolist(), f, indent=0, ensure_ascii=False)
+        files.append(_PATHS_FILE)
     summary = {
         "dataset": data.name, "num_classes": data.num_classes, "class_names": data.class_names,
         "image_shape": list(data.image_shape), "num_train": len(data.train_labels),
         "num_probe": len(data.probe_labels), "num_test": len(data.test_labels), "noise_type": data.noise_type,
         "noise_ratio": data.noise_ratio, "noise_rate_realized": data.noise_rate_realized,
-        "files": sorted(f"{name}.npy" for name in arrays)}
+        "files": sorted(files)}
     with open(os.path.join(directory, "split.json"), "w") as f:
         json.dump(summary, f, indent=2)
 
@@ -200,19 +209,69 @@ def load_split(directory):
     for name in _SPLIT_ARRAYS:
         if f"{name}.npy" in split["files"]:
             split[name] = np.load(os.path.join(directory, f"{name}.npy"))
+    if _PATHS_FILE in split["files"]:
+        with open(os.path.join(directory, _PATHS_FILE), encoding="utf-8") as f:
+            split["train_paths"] = np.asarray(json.load(f), str)
     return split
 
 
 def check_split(data, directory):
-    """Raises ValueError unless `data` has the labels and ids saved in `directory` (for resuming a run)."""
+    """Raises ValueError unless `data` has the labels and ids saved in `directory` (for resuming a run) and, where
+    the saved split names the training files (image-file data), the same files in the same order."""
     saved = load_split(directory)
-    current = {"noisy_labels": data.train_labels, "true_labels": data.train_true_labels,
-               "train_ids": data.train_ids, "probe_ids": data.probe_ids, "probe_labels": data.probe_labels}
+    current = _split_arrays(data)
     differ = [name for name in _SPLIT_ARRAYS if (name in saved) != (current[name] is not None)
               or (name in saved and not np.array_equal(saved[name], current[name]))]
     if differ or saved["dataset"] != data.name:
         raise ValueError(f"the data split differs from the one saved in {directory} ({', '.join(differ) or 'name'});"
                          " use the seed, noise and data flags of the saved run, or a new run directory")
+    if "train_paths" in saved:  # splits saved before the files were kept have none: nothing to compare
+        _check_train_files(saved["train_paths"], current["train_paths"], directory)
+
+
+def _split_arrays(data):
+    """The arrays `save_split` writes, by name (None: not known for these data)."""
+    return {"noisy_labels": data.train_labels, "true_labels": data.train_true_labels, "train_ids": data.train_ids,
+            "probe_ids": data.probe_ids, "probe_labels": data.probe_labels,
+            "train_paths": None if data.train_paths is None else np.asarray(data.train_paths, str)}
+
+
+def _check_train_files(saved, current, directory):
+    """Refuses training files other than the saved ones (their number already matches). Equal labels do not show
+    that one image of a class was replaced by another, yet every later id would then point at another file and
+    the checkpoint's per-example statistics would be reported for the wrong images. Paths are compared below their
+    common directory, so the same files moved to another root (or named by another relative path) resume."""
+    if current is None:
+        problem = "the data now come from no image files"
+    else:
+        wrong = np.flatnonzero(_below_common_directory(saved) != _below_common_directory(current))
+        if not len(wrong):
+            return
+        i = wrong[0]
+        problem = f"id {i} was {saved[i]}, now {current[i]}; {len(wrong)} of {len(saved)} ids differ"
+    raise ValueError(f"the training files differ from the ones saved in {os.path.join(directory, _PATHS_FILE)}"
+                     f" ({problem}), so the run's per-example statistics would be reported for other images; "
+                     f"restore the saved files ({_PATHS_FILE} lists them in id order), or use a new run directory")
+
+
+def _below_common_directory(paths):
+    """Each path relative to the deepest directory holding all of them."""
+    full = [os.path.abspath(p) for p in paths]
+    prefix = os.path.join(os.path.commonpath([os.path.dirname(p) for p in full]), "")
+    return np.array([p[len(prefix):] for p in full])
+
+
+def given_probe_counts(spec):
+    """Images per class of the probe set that spec.probe_dir / spec.probe_list gives, from its listing alone (no
+    image is decoded, so files that skip_bad_images would skip are counted); None when the probe is split off the
+    training set."""
+    if spec.dataset == "folder" and spec.probe_dir:
+        labels = image_files.read_folder(spec.probe_dir)[1]
+    elif spec.dataset == "list" and spec.probe_list:
+        labels = image_files.read_list(spec.probe_list, spec.image_root)[1]
+    else:
+        return None
+    return np.bincount(labels)
 
 
 def probe_split(labels, num_classes, per_class, seed, hint=""):
@@ -354,9 +413,16 @@ def _check_shapes(raw):
 
 
 def _check_class_names(raw):
-    """One name per class id: a list of another length would be cut short in test_confusion.csv, which then cannot
-    be read back."""
-    if raw.class_names is None or len(raw.class_names) == raw.num_classes:
+    """One str name per class id: a list of another length would be cut short in test_confusion.csv, which then
+    cannot be read back, and a name of another type would fail the SavedModel export after the whole run."""
+    if raw.class_names is None:
+        return
+    other = [n for n in raw.class_names if not isinstance(n, str)]
+    if isinstance(raw.class_names, (str, bytes)) or other:
+        bad = raw.class_names if isinstance(raw.class_names, (str, bytes)) else other[0]
+        raise ValueError(f"{raw.name}: class_names must be a list of str, one per class id; got {bad!r} "
+                         f"({type(bad).__name__}). Pass e.g. [str(n) for n in names]")
+    if len(raw.class_names) == raw.num_classes:
         return
     inferred = (f"; the class count was taken as max(label)+1 from the labels: {raw.num_classes_fix} if a class has "
                 "no label yet" if raw.num_classes_fix else "")
@@ -413,13 +479,12 @@ def _read(spec):
         return image_files.image_dataset(name, (train_paths, train_labels), test, len(names), names,
                                          spec.image_size, probe, spec.skip_bad_images)
     if spec.dataset == "list":
-        train = image_files.read_list(spec.train_list, spec.image_root)
-        test = image_files.read_list(spec.test_list, spec.image_root) if spec.test_list else None
-        probe = image_files.read_list(spec.probe_list, spec.image_root) if spec.probe_list else None
+        train = image_files.read_list(spec.train_list, spec.image_root, spec.num_classes or None)
         c = spec.num_classes or int(train[1].max()) + 1
-        for what, part in (("train_list", train), ("test_list", test), ("probe_list", probe)):
-            if part is not None:
-                sources.check_labels(part[1], f"{getattr(spec, what)} (num_classes={c})", c)
+        source = None if spec.num_classes else (f"{c} classes, taken as max(label)+1 of {spec.train_list}, and "
+                                                "every class needs training images")
+        test, probe = (image_files.read_list(path, spec.image_root, c, source) if path else None
+                       for path in (spec.test_list, spec.probe_list))
         name = os.path.splitext(os.path.basename(spec.train_list))[0]
         raw = image_files.image_dataset(name, train, test, c, None, spec.image_size, probe, spec.skip_bad_images)
         return dataclasses.replace(raw, num_classes_fix=None if spec.num_classes else "set DataSpec.num_classes")

@@ -47,16 +47,23 @@ def read_folder(directory, class_names=None):
     return paths, np.array(labels, np.int32), names
 
 
-def read_list(list_file, image_root=None):
+def read_list(list_file, image_root=None, num_classes=None, classes_from=None):
     """Paths and labels from lines 'relative/path.jpg,label' or 'relative/path.jpg label' (WebVision style).
 
     Blank lines and lines starting with '#' are ignored. The first other line is a header (e.g. 'filename,class_id')
-    and skipped when its label field has no digit; any other line without an integer label (or with a negative
-    one) is an error naming its line number.
+    and skipped when its label field has no digit; any other line without an integer label, or with one outside
+    0..num_classes-1 (negative, when num_classes is None), is an error naming its line number.
+
+    Args:
+      list_file: the list file.
+      image_root: the directory the paths are relative to; default the list file's.
+      num_classes: C, when known.
+      classes_from: where C came from, for the out-of-range message (default "num_classes=C").
     """
     if not list_file or not os.path.exists(list_file):
         raise ValueError(f"list file {list_file!r} not found")
     root = image_root or os.path.dirname(os.path.abspath(list_file))
+    classes = None if num_classes is None else (num_classes, classes_from or f"num_classes={num_classes}")
     paths, labels, first = [], [], True
     with open(list_file) as f:
         for number, line in enumerate(f, 1):
@@ -64,7 +71,7 @@ def read_list(list_file, image_root=None):
             if not line or line.startswith("#"):
                 continue
             parts = line.rsplit(",", 1) if "," in line else line.rsplit(None, 1)
-            label = _list_label(parts, line, f"{list_file} line {number}", header_allowed=first)
+            label = _list_label(parts, line, f"{list_file} line {number}", first, classes)
             first = False
             if label is not None:
                 paths.append(os.path.join(root, parts[0].strip()))
@@ -74,14 +81,19 @@ def read_list(list_file, image_root=None):
     return paths, check_labels(np.array(labels), list_file)
 
 
-def _list_label(parts, line, where, header_allowed):
+def _list_label(parts, line, where, header_allowed, classes=None):
     """The label of one list line, or None for a header line (allowed only as the first line). A malformed line or
-    a negative label is an error naming `where` (file and line number), so the user can find and fix it."""
+    a label outside 0..C-1 (`classes` = (C, where C came from), or None: only negative labels) is an error naming
+    `where` (file and line number), so the user can find and fix it."""
     text = parts[1].strip() if len(parts) == 2 else ""
     if re.fullmatch(r"[-+]?\d+", text):
-        if int(text) < 0:
-            raise ValueError(f"{where}: label {int(text)} is negative; class ids are 0..C-1 (line {line!r})")
-        return int(text)
+        label = int(text)
+        if label < 0:
+            raise ValueError(f"{where}: label {label} is negative; class ids are 0..C-1 (line {line!r})")
+        if classes is not None and label >= classes[0]:
+            raise ValueError(f"{where}: label {label} is out of range; class ids are 0..{classes[0] - 1} "
+                             f"({classes[1]}); correct the line ({line!r})")
+        return label
     if header_allowed and len(parts) == 2 and not any(ch.isdigit() for ch in text):
         return None  # a header such as 'filename,class_id'; a digit ('1.0') means a malformed label instead
     raise ValueError(f"{where}: expected 'path,label' with an integer label, got {line!r}")

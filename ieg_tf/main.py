@@ -19,13 +19,14 @@ FLAGS = flags.FLAGS
 MAX_SEED = 2**32 - 1  # numpy's seed range (keras.utils.set_random_seed)
 # The Keras policies the trainer supports: float16 or float64 variables break its float32 EMA and loss arithmetic.
 MIXED_PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+ALL_PROBE_IMAGES = "all"  # --probe_per_class: every image of a given probe set (DataSpec.probe_per_class=None)
 
 # Data.
 flags.DEFINE_enum("dataset", "digits", datasets.DATASETS, "Data set; digits is embedded and runs offline.")
 flags.DEFINE_string("data_dir", None, "CIFAR archives / tensorflow-datasets directory.")
 flags.DEFINE_bool("download", False, "Let tensorflow-datasets download CIFAR (needs internet).")
-flags.DEFINE_integer("probe_per_class", 1, "Trusted probe images per class, taken from the clean labels.",
-                     lower_bound=1)
+flags.DEFINE_string("probe_per_class", "1", "Trusted probe images per class, taken from the clean labels or from "
+                    "--probe_dir/--probe_list; 'all': every image of --probe_dir/--probe_list.")
 flags.DEFINE_enum("noise_type", "uniform", noise.NOISE_TYPES, "Label noise to inject.")
 flags.DEFINE_float("noise_ratio", 0.8, "Noise ratio r (uniform: relabel with prob r, true class included).",
                    lower_bound=0.0, upper_bound=1.0)
@@ -177,6 +178,29 @@ for _scoped in _SCOPED_FLAGS:
     _register_scope_validator(*_scoped)
 
 
+def _probe_per_class_error(values):
+    """The error for a --probe_per_class that is neither a count >= 1 nor 'all' with a given probe set, else None."""
+    value = values["probe_per_class"]
+    if value == ALL_PROBE_IMAGES:
+        if values["probe_dir"] or values["probe_list"]:
+            return None
+        return ("--probe_per_class=all takes every image of a separately given probe set, and none is given: pass "
+                "--probe_dir (--dataset=folder) or --probe_list (--dataset=list), or give a number of images per class")
+    if value is not None and value.isdecimal() and int(value) >= 1:
+        return None
+    return f"--probe_per_class={value}: give a whole number >= 1, or 'all' with --probe_dir or --probe_list"
+
+
+def _check_probe_per_class(values):
+    error = _probe_per_class_error(values)
+    if error:
+        raise flags.ValidationError(error)
+    return True
+
+
+flags.register_multi_flags_validator(["probe_per_class", "probe_dir", "probe_list"], _check_probe_per_class)
+
+
 def check_flags_at_start():
     """Raises ValueError for a flag that --dataset or --noise_type needs and that is not given, or for a flag of
     _SCOPED_AT_START given with a value of its other flag that ignores it."""
@@ -203,11 +227,28 @@ def warn_untrusted_probe():
               "data pass a verified probe set with --probe_dir or --probe_list", file=sys.stderr, flush=True)
 
 
+def note_unused_probe_images(data_spec):
+    """Says on stderr how many images of a probe set given by --probe_dir/--probe_list the run uses, when
+    --probe_per_class leaves some out: with the default of 1, ten trusted images per class would otherwise be cut
+    to one silently. Only the probe's listing is read (the images are decoded with the rest of the data)."""
+    per_class = data_spec.probe_per_class
+    if FLAGS.method == "supervised" or per_class is None:  # supervised trains without the probe
+        return
+    counts = datasets.given_probe_counts(data_spec)
+    if counts is None or counts.max() <= per_class:
+        return
+    given = f"--probe_dir={data_spec.probe_dir}" if data_spec.probe_dir else f"--probe_list={data_spec.probe_list}"
+    used = sum(min(int(n), per_class) for n in counts)
+    print(f"ieg_tf: note: --probe_per_class={per_class} uses {used} of the {counts.sum()} images of the given probe "
+          f"set ({given}); --probe_per_class=all uses every one", file=sys.stderr, flush=True)
+
+
 def configs_from_flags():
     """(DataSpec, TrainerConfig, RunConfig) from FLAGS; raises ValueError for inconsistent values."""
     f = FLAGS
     data_spec = datasets.DataSpec(
-        dataset=f.dataset, data_dir=f.data_dir, download=f.download, probe_per_class=f.probe_per_class,
+        dataset=f.dataset, data_dir=f.data_dir, download=f.download,
+        probe_per_class=None if f.probe_per_class == ALL_PROBE_IMAGES else int(f.probe_per_class),
         noise_type=f.noise_type, noise_ratio=f.noise_ratio, noise_file=f.noise_file,
         seed=f.seed if f.data_seed is None else f.data_seed, train_dir=f.train_dir, test_dir=f.test_dir,
         probe_dir=f.probe_dir, train_list=f.train_list, test_list=f.test_list, probe_list=f.probe_list,
@@ -255,6 +296,7 @@ def main(argv):
             devices = [tf.config.LogicalDeviceConfiguration()] * FLAGS.logical_cpus
             tf.config.set_logical_device_configuration(cpu, devices)
         data_spec, trainer_cfg, run_cfg = configs_from_flags()
+        note_unused_probe_images(data_spec)
         train.run(run_cfg, trainer_cfg, data_spec=data_spec)
     except (ValueError, train.NonFiniteLossError) as error:
         # Bad input is reported in one line naming the problem and the fix, without a TensorFlow stack trace.

@@ -6,10 +6,12 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from absl import flags
+from PIL import Image
 
-from ieg_tf import distribute, main, train
+from ieg_tf import datasets, distribute, main, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -163,3 +165,76 @@ def test_a_probe_taken_from_uninjected_file_labels_is_warned_about(monkeypatch, 
     code, _, err = _main_exit(monkeypatch, capsys, f"--model_dir={tmp_path}", *args, run=stop)
     assert code == 2 and ("ieg_tf: warning: the 1 probe image(s) per class are drawn from the given labels" in err
                           ) == warned, err
+
+
+@pytest.mark.parametrize("arg", ["--probe_per_class=all", "--probe_per_class=0", "--probe_per_class=-2",
+                                 "--probe_per_class=many", "--probe_per_class=1.5", "--probe_per_class="])
+def test_probe_per_class_takes_a_count_or_all_with_a_given_probe_set(arg):
+    message = _refused(arg)
+    if arg.endswith("=all"):
+        assert "--probe_per_class=all" in message and "--probe_dir" in message and "--probe_list" in message, message
+    else:
+        assert f"{arg}: give a whole number >= 1" in message, message
+
+
+@pytest.mark.parametrize("args, per_class", [
+    ([], 1), (["--probe_per_class=10"], 10),
+    (["--dataset=folder", "--train_dir=a", "--probe_dir=c", "--probe_per_class=all"], None),
+    (["--dataset=list", "--train_list=a", "--probe_list=c", "--probe_per_class=all"], None),
+    ([f"--flagfile={os.path.join(ROOT, 'flags', 'food101n.cfg')}", "--probe_list=p.txt"], 10),
+    ([f"--flagfile={os.path.join(ROOT, 'flags', 'food101n.cfg')}", "--probe_list=p.txt", "--probe_per_class=all"],
+     None),
+])
+def test_probe_per_class_reaches_the_data_spec_as_a_count_or_none(args, per_class):
+    with _parsed(*args):
+        assert main.configs_from_flags()[0].probe_per_class == per_class
+
+
+def _probe_images(root, counts):
+    """root/<class>/<i>.png, counts[c] tiny PNGs of class c; returns root."""
+    for c, n in enumerate(counts):
+        os.makedirs(os.path.join(root, f"c{c}"), exist_ok=True)
+        for i in range(n):
+            Image.fromarray(np.full((4, 4), 30 * c + i, np.uint8)).save(os.path.join(root, f"c{c}", f"{i}.png"))
+    return str(root)
+
+
+def _file_data_flags(tmp_path, kind, probe_counts):
+    """Flags of a folder or list data set in tmp_path: 4 training and 1 test image per class, and a probe set of
+    probe_counts[c] images of class c."""
+    train, test = _probe_images(tmp_path / "train", [4, 4]), _probe_images(tmp_path / "test", [1, 1])
+    probe = _probe_images(tmp_path / "probe", probe_counts)
+    if kind == "folder":
+        return ["--dataset=folder", f"--train_dir={train}", f"--test_dir={test}", f"--probe_dir={probe}"]
+    for name in ("train", "test", "probe"):
+        lines = [f"{name}/{c}/{f},{c[1:]}" for c in sorted(os.listdir(tmp_path / name))
+                 for f in sorted(os.listdir(tmp_path / name / c))]
+        (tmp_path / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    return ["--dataset=list", *(f"--{name}_list={tmp_path / name}.txt" for name in ("train", "test", "probe"))]
+
+
+@pytest.mark.parametrize("kind", ["folder", "list"])
+def test_probe_per_class_all_uses_every_given_probe_image(tmp_path, kind):
+    with _parsed(*_file_data_flags(tmp_path, kind, [3, 2]), "--noise_type=none", "--probe_per_class=all"):
+        data = datasets.load_dataset(main.configs_from_flags()[0])
+    assert sorted(data.probe_labels.tolist()) == [0, 0, 0, 1, 1] and len(data.train_labels) == 8
+
+
+@pytest.mark.parametrize("per_class, note", [
+    ("1", "ieg_tf: note: --probe_per_class=1 uses 2 of the 5 images of the given probe set (--probe_{flag}="),
+    ("2", "ieg_tf: note: --probe_per_class=2 uses 4 of the 5 images of the given probe set (--probe_{flag}="),
+    ("all", None),
+])
+@pytest.mark.parametrize("kind, flag", [("folder", "dir"), ("list", "list")])
+def test_a_given_probe_set_larger_than_used_is_noted(monkeypatch, capsys, tmp_path, kind, flag, per_class, note):
+    def stop(*a, **k):
+        raise ValueError("stopped before training")
+    args = _file_data_flags(tmp_path, kind, [3, 2])
+    code, _, err = _main_exit(monkeypatch, capsys, f"--model_dir={tmp_path / 'run'}", *args, "--noise_type=none",
+                              f"--probe_per_class={per_class}", run=stop)
+    assert code == 2 and err.count("ieg_tf: note:") == (note is not None), err
+    if note:
+        assert note.format(flag=flag) in err and "; --probe_per_class=all uses every one\n" in err, err
+    _, _, err = _main_exit(monkeypatch, capsys, f"--model_dir={tmp_path / 'run'}", *args, "--noise_type=none",
+                           "--method=supervised", run=stop)
+    assert "ieg_tf: note:" not in err, err  # supervised trains without the probe

@@ -1,9 +1,12 @@
 """Guards of the data and report code found by user testing: label-issue reports on large-image file data, the file
 path of each reported example, 16-bit images, half-given probe sets, class-name counts, one-hot labels in a
-tf.data.Dataset, noise files on held-out folder / list data, and list-file labels. Every file is written here."""
+tf.data.Dataset, noise files on held-out folder / list data, list-file labels, and the training files saved with the
+split. Every file is written here."""
 
 import csv
+import json
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -201,6 +204,13 @@ def test_class_names_must_name_every_class():
     with pytest.raises(ValueError, match="class_names has 4 names but there are 3 classes"):
         datasets.from_arrays(x, y, x, y, class_names=list("abcd"), num_classes=3)
     assert datasets.from_arrays(x, y, x, y, class_names=list("abc")).class_names == list("abc")
+    # Names that are not str used to pass and fail the --export_dir SavedModel after the whole run.
+    with pytest.raises(ValueError, match=r"class_names must be a list of str, one per class id; got 0 \(int\)"):
+        datasets.from_arrays(x, y, x, y, class_names=[0, 1, 2])
+    with pytest.raises(ValueError, match="class_names must be a list of str.*got 'abc' \\(str\\)"):
+        datasets.from_arrays(x, y, x, y, class_names="abc")
+    named = datasets.from_arrays(x, y, x, y, class_names=np.array(["a", "b", "c"]))
+    assert named.class_names == ["a", "b", "c"] and all(type(n) is str for n in named.class_names)
 
 
 @pytest.mark.parametrize("batch", [None, 5])
@@ -260,3 +270,77 @@ def test_list_header_line_is_skipped_only_before_the_first_entry(tmp_path):
     (tmp_path / "float.txt").write_text("a.png,1.0\na.png,0\n")  # a malformed first entry is no header
     with pytest.raises(ValueError, match="float.txt line 1: expected 'path,label'"):
         image_files.read_list(str(tmp_path / "float.txt"))
+
+
+def test_list_label_out_of_range_names_its_file_line_and_value(tmp_path):
+    _image(str(tmp_path / "a.png"), np.zeros((4, 4), np.uint8))
+    (tmp_path / "train.txt").write_text("a.png,0\na.png,1\na.png 0\na.png 1\n")
+    (tmp_path / "test.txt").write_text("# held-out images\na.png,1\na.png,2\n")
+    spec = DataSpec(dataset="list", train_list=str(tmp_path / "train.txt"), test_list=str(tmp_path / "test.txt"),
+                    noise_type="none")
+    with pytest.raises(ValueError, match=r"test.txt line 3: label 2 is out of range; class ids are 0\.\.1 \(2 classes, "
+                                         r"taken as max\(label\)\+1 of .*train.txt"):
+        datasets.load_dataset(spec)
+    (tmp_path / "wide.txt").write_text("a.png,0\na.png,1\n\na.png,3\n")
+    with pytest.raises(ValueError, match=r"wide.txt line 4: label 3 is out of range; class ids are 0\.\.2 "
+                                         r"\(num_classes=3\)"):
+        datasets.load_dataset(DataSpec(**{**spec.__dict__, "train_list": str(tmp_path / "wide.txt"),
+                                          "num_classes": 3}))
+    with pytest.raises(ValueError, match=r"wide.txt line 4: label 3 is out of range; class ids are 0\.\.1"):
+        image_files.read_list(str(tmp_path / "wide.txt"), num_classes=2)
+    assert image_files.read_list(str(tmp_path / "wide.txt"), num_classes=4)[1].tolist() == [0, 1, 3]
+
+
+# ---------------------------------------------------------------------------------------------- 8: training files
+def _folder_spec(root):
+    return DataSpec(dataset="folder", train_dir=str(root / "train"), test_dir=str(root / "test"), noise_type="none",
+                    probe_per_class=1)
+
+
+def _saved_folder_split(tmp_path):
+    """(data, split directory) of a run on folder data (4 training images per class) whose split is saved."""
+    _folder(str(tmp_path / "train"), per_class=4, shape=(4, 4))
+    _folder(str(tmp_path / "test"), per_class=1, shape=(4, 4))
+    data = datasets.load_dataset(_folder_spec(tmp_path))
+    datasets.save_split(data, str(tmp_path / "split"))
+    return data, str(tmp_path / "split")
+
+
+def test_split_of_file_data_saves_the_training_files_in_id_order(tmp_path):
+    data, split_dir = _saved_folder_split(tmp_path)
+    split = datasets.load_split(split_dir)
+    assert split["train_paths"].tolist() == data.train_paths.tolist() and "train_paths.json" in split["files"]
+    datasets.check_split(data, split_dir)
+    shutil.copytree(tmp_path / "train", tmp_path / "moved" / "train")  # the same files under another root resume
+    shutil.copytree(tmp_path / "test", tmp_path / "moved" / "test")
+    datasets.check_split(datasets.load_dataset(_folder_spec(tmp_path / "moved")), split_dir)
+    x, y = _arrays()
+    arrays = datasets.from_arrays(x, y, x, y, probe_per_class=1)
+    datasets.save_split(arrays, str(tmp_path / "arrays"))  # array data: no files, no paths
+    assert "train_paths" not in datasets.load_split(str(tmp_path / "arrays"))
+    datasets.check_split(arrays, str(tmp_path / "arrays"))
+
+
+def test_resume_refuses_training_files_that_changed_under_equal_labels(tmp_path):
+    data, split_dir = _saved_folder_split(tmp_path)
+    os.remove(tmp_path / "train" / "dog" / "1.png")  # one image of a class replaced by another:
+    _image(str(tmp_path / "train" / "dog" / "9.png"), np.zeros((4, 4, 3), np.uint8))
+    changed = datasets.load_dataset(_folder_spec(tmp_path))
+    for name in ("train_labels", "train_ids", "probe_labels", "probe_ids"):  # every saved array still matches
+        np.testing.assert_array_equal(getattr(changed, name), getattr(data, name))
+    with pytest.raises(ValueError, match=r"the training files differ from the ones saved in "
+                                         r"\S+/split/train_paths.json \(id \d+ was \S+/dog/\d.png, now \S+/dog/\d.png; \d of 9 ids differ\).*"
+                                         r"restore the saved files.*or use a new run directory"):
+        datasets.check_split(changed, split_dir)
+
+
+def test_a_split_saved_without_training_files_still_resumes(tmp_path):
+    # Run directories written before the split kept the training files have no train_paths.json: nothing to check.
+    data, split_dir = _saved_folder_split(tmp_path)
+    os.remove(os.path.join(split_dir, "train_paths.json"))
+    with open(os.path.join(split_dir, "split.json")) as f:
+        summary = json.load(f)
+    summary["files"].remove("train_paths.json")
+    with open(os.path.join(split_dir, "split.json"), "w") as f:
+        json.dump(summary, f)
+    datasets.check_split(data, split_dir)
