@@ -595,6 +595,22 @@ class IEGTrainer(keras.Model):
         self.check_ema_matches_network()
         super().compile(optimizer=optimizer if optimizer is not None else TF1Momentum(0.1), **kwargs)
         self.optimizer.build(self.network.trainable_variables)
+        if self.jit_compile:
+            self._check_xla_second_order()
+
+    def _check_xla_second_order(self):
+        """Raises ValueError for 16-bit max pooling in an XLA-compiled meta step: XLA registers MaxPoolGradGrad
+        (the second-order pass of exact and approx_vjp through a max pool) for float32 only, so such a step fails
+        deep in the compiler at its first trace. The networks of `ieg_tf.networks` pool in float32."""
+        if self.config.method == "supervised" or self.config.meta_grad_mode == "last_layer":
+            return
+        pools = [layer.name for layer in self.network._flatten_layers(include_self=False)
+                 if "MaxPool" in type(layer).__name__ and layer.compute_dtype in ("float16", "bfloat16")]
+        if pools:
+            raise ValueError(f"the network max-pools in 16 bits ({', '.join(pools)}), which an XLA-compiled meta "
+                             "step cannot differentiate twice (XLA has MaxPoolGradGrad for float32 only): give those "
+                             "layers dtype='float32' (e.g. keras.layers.MaxPooling2D(2, dtype='float32'); they then "
+                             "pool in float32 between float16 layers), or compile(jit_compile=False)")
 
 
 class NonFiniteLossError(RuntimeError):

@@ -310,3 +310,36 @@ def test_softmax_inside_a_subclassed_call_or_a_lambda_is_refused():
             IEGTrainer(_built(_SoftmaxInCall()), 4)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def _pooling_cnn(pool_dtype=None):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(tinydata.SHAPE)
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    h = keras.layers.MaxPooling2D(2, dtype=pool_dtype)(h)
+    return keras.Model(inputs, keras.layers.Dense(4, dtype="float32")(keras.layers.Flatten()(h)))
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_xla_meta_steps_of_16_bit_networks_differentiate_max_pooling_twice(policy):
+    """XLA registers MaxPoolGradGrad for float32 only: the digits CNN's step failed under --mixed_precision (and
+    ResNet-50's would on TPU). Our networks pool in float32; a user network pooling in 16 bits is refused with the
+    fix at compile, not deep in the compiler at its first step."""
+    from ieg_tf import networks
+    batch = next(iter(_data()[2]))
+    try:
+        keras.mixed_precision.set_global_policy(policy)
+        trainer = _trainer("ieg", network=networks.build_network("small_cnn", 4, tinydata.SHAPE))
+        trainer.compile(optimizer=TF1Momentum(0.1), jit_compile=True)
+        logs = trainer.train_on_batch(batch, return_dict=True)
+        assert np.isfinite(logs["loss"]) and int(trainer.optimizer.iterations) == 1
+        with pytest.raises(ValueError, match=r"max-pools in 16 bits \(max_pooling2d.*\).*dtype='float32'.*"
+                                             r"jit_compile=False"):
+            _trainer("ieg", network=_pooling_cnn()).compile(optimizer=TF1Momentum(0.1), jit_compile=True)
+        _trainer("ieg", network=_pooling_cnn()).compile(optimizer=TF1Momentum(0.1), jit_compile=False)
+        _trainer("supervised", network=_pooling_cnn()).compile(optimizer=TF1Momentum(0.1), jit_compile=True)
+        fixed = _trainer("ieg", network=_pooling_cnn("float32"))
+        fixed.compile(optimizer=TF1Momentum(0.1), jit_compile=True)
+        assert np.isfinite(fixed.train_on_batch(batch, return_dict=True)["loss"])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -57,7 +57,8 @@ def logits(inputs, num_classes):
       The logits tensor, in the layers' compute dtype.
     """
     x = _conv(inputs, 64, 7, 2, "stem_conv")
-    x = layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
+    # float32 under a mixed policy: XLA has MaxPoolGradGrad (the meta step's second-order pass) for float32 only.
+    x = layers.MaxPooling2D(3, 2, padding="same", name="stem_pool", dtype="float32")(x)
     for stage, (blocks, stride) in enumerate(zip(_BLOCKS, _STRIDES)):
         for i in range(blocks):
             x = _block(x, 64 * 2**stage, stride if i == 0 else 1, project=(i == 0),

@@ -32,7 +32,8 @@ def cnn_logits(inputs, num_classes):
     """
     x = _conv_bn_relu(inputs, 32, "conv1")
     x = _conv_bn_relu(x, 32, "conv2")
-    x = layers.MaxPooling2D(2, padding="same", name="pool")(x)
+    # float32 under a mixed policy: XLA has MaxPoolGradGrad (the meta step's second-order pass) for float32 only.
+    x = layers.MaxPooling2D(2, padding="same", name="pool", dtype="float32")(x)
     x = _conv_bn_relu(x, 64, "conv3")
     x = _conv_bn_relu(x, 64, "conv4")
     x = layers.GlobalAveragePooling2D(name="gap")(x)
