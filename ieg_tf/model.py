@@ -695,7 +695,8 @@ def _check_not_probabilities(network, num_classes, where):
     if outputs is None or outputs.ndim != 2 or outputs.shape[1] < 2:
         return
     tolerance = 1e-2  # float16 outputs sum to 1 only to about 1e-3
-    log_sum = np.log(np.sum(np.exp(outputs), axis=1))
+    top = outputs.max(axis=1, keepdims=True)
+    log_sum = top[:, 0] + np.log(np.sum(np.exp(outputs - top), axis=1))  # logsumexp, without overflow
     if np.all(outputs >= 0) and np.allclose(outputs.sum(axis=1), 1.0, atol=tolerance):
         kind = "softmax"
     elif np.all(outputs <= 0) and np.allclose(log_sum, 0.0, atol=tolerance):
