@@ -413,21 +413,10 @@ def _check_shapes(raw):
 
 
 def _check_class_names(raw):
-    """One str name per class id: a list of another length would be cut short in test_confusion.csv, which then
-    cannot be read back, and a name of another type would fail the SavedModel export after the whole run."""
-    if raw.class_names is None:
-        return
-    other = [n for n in raw.class_names if not isinstance(n, str)]
-    if isinstance(raw.class_names, (str, bytes)) or other:
-        bad = raw.class_names if isinstance(raw.class_names, (str, bytes)) else other[0]
-        raise ValueError(f"{raw.name}: class_names must be a list of str, one per class id; got {bad!r} "
-                         f"({type(bad).__name__}). Pass e.g. [str(n) for n in names]")
-    if len(raw.class_names) == raw.num_classes:
-        return
+    """One str name per class id (`sources.check_class_names`), with the inferred-count hint."""
     inferred = (f"; the class count was taken as max(label)+1 from the labels: {raw.num_classes_fix} if a class has "
                 "no label yet" if raw.num_classes_fix else "")
-    raise ValueError(f"{raw.name}: class_names has {len(raw.class_names)} names but there are {raw.num_classes} "
-                     f"classes; give one name per class id 0..{raw.num_classes - 1}, or class_names=None{inferred}")
+    sources.check_class_names(raw.class_names, raw.num_classes, f"{raw.name}: ", inferred)
 
 
 def _check_noise_file_split(spec):

@@ -18,13 +18,13 @@ Example:
   names = served.signatures["serving_bytes"](image_bytes=tf.constant([png_bytes]))["class_names"]
 """
 
-import collections.abc
 import numbers
 
 import tensorflow as tf
 
 from ieg_tf import augment
 from ieg_tf import model
+from ieg_tf import sources
 
 SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serving_bytes"
@@ -79,7 +79,7 @@ def export_serving(trainer, export_dir, *, image_shape, input_dtype=tf.uint8, cl
         raise ValueError(f"the trainer has {len(trainer.ema_weights)} EMA values for "
                          f"{len(network.trainable_variables)} trainable variables; rebuild the trainer around "
                          "this network")
-    names = _check_class_names(class_names, trainer.num_classes)
+    names = sources.check_class_names(class_names, trainer.num_classes)
     model.check_finite_weights([*trainer.ema_weights, *network.non_trainable_variables])
     module = tf.Module()
     # Copies, not references: the SavedModel must not capture (and so must not depend on) the live variables.
@@ -152,18 +152,3 @@ def _check_shape(image_shape, network, center_crop):
             raise ValueError(f"image_shape {shape} does not fit the network input {expected}; pass the shape of "
                              "one stored image, e.g. data.image_shape")
     return shape
-
-
-def _check_class_names(class_names, num_classes):
-    if class_names is None:
-        return None
-    if isinstance(class_names, (str, bytes)) or not isinstance(class_names, collections.abc.Iterable):
-        raise ValueError(f"class_names must be a list of str, one per class, got {class_names!r}")
-    names = list(class_names)
-    other = [n for n in names if not isinstance(n, str)]
-    if other:
-        raise ValueError(f"class_names must be str, got {other[0]!r} ({type(other[0]).__name__})")
-    if len(names) != num_classes:
-        raise ValueError(f"class_names has {len(names)} names but the trainer has {num_classes} classes; pass one "
-                         "name per class id (data.class_names) or None")
-    return names

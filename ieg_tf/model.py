@@ -257,8 +257,7 @@ class IEGTrainer(keras.Model):
         """
         if self._loss_scale() is None:
             return step.grads, None
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in step.grads if g is not None])
-        overflow = tf.logical_not(finite)
+        overflow = tf.logical_not(self.optimizer.check_finite(step.grads))  # the LossScaleOptimizer's own test
         if step.overflow is not None:
             overflow = overflow | step.overflow
         context = tf.distribute.get_replica_context()

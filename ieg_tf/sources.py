@@ -3,6 +3,7 @@
 Folders and list files of image files are read by `ieg_tf.image_files`.
 """
 
+import collections.abc
 import dataclasses
 import glob
 import os
@@ -40,6 +41,29 @@ class RawData:
     probe_labels: np.ndarray | None = None
     num_classes_fix: str | None = None  # set when num_classes was taken as max(label) + 1: how to give it instead
     train_paths: np.ndarray | None = None  # image-file data: the file of each training image (report rows)
+
+
+def check_class_names(names, num_classes, where="", fix=""):
+    """`names` as a list, after checking it holds one str per class id (None passes as None).
+
+    A list of another length would be cut short in test_confusion.csv, which then cannot be read back; a name of
+    another type fails the SavedModel export (its `class_names` output). `where` prefixes the messages (e.g. the
+    data set's name) and `fix` ends the count message.
+    """
+    if names is None:
+        return None
+    if isinstance(names, (str, bytes)) or not isinstance(names, collections.abc.Iterable):
+        bad = [names]
+    else:
+        names = list(names)
+        bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise ValueError(f"{where}class_names must be a list of str, one per class id; got {bad[0]!r} "
+                         f"({type(bad[0]).__name__}). Pass e.g. [str(n) for n in names]")
+    if len(names) != num_classes:
+        raise ValueError(f"{where}class_names has {len(names)} names but there are {num_classes} classes; give one "
+                         f"name per class id 0..{num_classes - 1}, or class_names=None{fix}")
+    return names
 
 
 def check_labels(labels, what, num_classes=None):

@@ -329,7 +329,8 @@ def test_resume_refuses_training_files_that_changed_under_equal_labels(tmp_path)
     for name in ("train_labels", "train_ids", "probe_labels", "probe_ids"):  # every saved array still matches
         np.testing.assert_array_equal(getattr(changed, name), getattr(data, name))
     with pytest.raises(ValueError, match=r"the training files differ from the ones saved in "
-                                         r"\S+/split/train_paths.json \(id \d+ was \S+/dog/\d.png, now \S+/dog/\d.png; \d of 9 ids differ\).*"
+                                         r"\S+/split/train_paths.json \(id \d+ was \S+/dog/\d.png, "
+                                         r"now \S+/dog/\d.png; \d of 9 ids differ\).*"
                                          r"restore the saved files.*or use a new run directory"):
         datasets.check_split(changed, split_dir)
 

@@ -116,9 +116,10 @@ def test_scale_images_maps_0_255_to_minus_one_one():
     ({"image_shape": (5, 5, 1)}, "does not fit"),
     ({"image_shape": (4, 4)}, "image_shape"),
     ({"image_shape": (4, 5, 1), "center_crop": True}, "square crops"),
-    ({"image_shape": SHAPE, "class_names": NAMES[:2]}, "class_names has 2 names but the trainer has 3 classes"),
+    ({"image_shape": SHAPE, "class_names": NAMES[:2]}, "class_names has 2 names but there are 3 classes"),
     ({"image_shape": SHAPE, "class_names": "cat"}, "a list of str"),
-    ({"image_shape": SHAPE, "class_names": ["cat", "dog", 2]}, "must be str, got 2"),
+    ({"image_shape": SHAPE, "class_names": ["cat", "dog", 2]},
+     r"must be a list of str, one per class id; got 2 \(int\)"),
 ])
 def test_bad_arguments_raise_value_error(trained, tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
