@@ -29,7 +29,8 @@ def train_dataset(data, batch_size, *, strong=True, seed=12345, start_step=0, pr
       batch_size: B, examples per element (per replica when input_context is given).
       strong: add the strongly augmented view (IEG needs it; supervised and l2r do not).
       seed: seeds the example order and every augmentation.
-      start_step: trainer step to start at; the stream then equals a fresh one from that step on.
+      start_step: batches (global steps) already consumed; the stream then equals a fresh one from there on. It is
+        the trainer's step unless mixed_float16 skipped steps (`ieg_tf.checkpoints.RunCheckpoint.batches`).
       probe_batch_size: Bp, probe images per element; None = B. A probe smaller than Bp is tiled.
       augment_policy: strong policy, "autoaug", "randaug" or "none" (see ieg_tf.augment).
       probe_affine: (degrees, shear, scale) of a random affine of the probe images before their weak view; None =
@@ -84,7 +85,7 @@ def distributed_train_dataset(strategy, data, global_batch_size, **kwargs):
     """`train_dataset` distributed with strategy.distribute_datasets_from_function.
 
     Each replica gets global_batch_size / num_replicas examples per step, and probe_batch_size (if given, a
-    global size too) is divided the same way. start_step is the trainer (global) step.
+    global size too) is divided the same way. start_step counts global batches consumed.
 
     Args:
       strategy: a tf.distribute.Strategy.

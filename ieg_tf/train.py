@@ -213,7 +213,7 @@ def run(run_cfg: RunConfig, trainer_cfg: TrainerConfig, data_spec=None, data=Non
               f"{run_cfg.max_iteration}; nothing to train, the outputs describe the run at step {start_step}",
               file=sys.stderr, flush=True)
     if start_step < run_cfg.max_iteration:
-        _fit(trainer, strategy, data, run_cfg, start_step, history, saver)
+        _fit(trainer, strategy, data, run_cfg, history, saver)
     results = _results(trainer, data, run_cfg, iter_epoch, history)
     # Every worker reads the per-example sums (a cross-worker reduction); only the chief writes files.
     issues = report.report_for(trainer, data, batch_size=run_cfg.val_batch_size)
@@ -223,6 +223,8 @@ def run(run_cfg: RunConfig, trainer_cfg: TrainerConfig, data_spec=None, data=Non
     results["test_per_class_accuracy"] = None if confusion is None else report.per_class_accuracy(confusion)
     # The training seed and the seed of the probe split and noise (None when the data came in already loaded).
     results["seed"], results["data_seed"] = run_cfg.seed, None if data_spec is None else data_spec.seed
+    # Steps whose float16 gradients overflowed: skipped by the LossScaleOptimizer, their batches used up.
+    results["skipped_steps"] = int(saver.batches.numpy()) - results["steps"]
     if chief:
         _write_outputs(trainer, data, run_cfg, results, history, issues, confusion)
     print(summary_line(results), flush=True)
@@ -255,7 +257,7 @@ def _save_split_atomically(data, split_dir):
 
 
 def input_options(trainer_cfg, run_cfg, start_step):
-    """Keyword arguments of `pipeline.train_dataset` for a run that starts (or resumes) at `start_step`."""
+    """Keyword arguments of `pipeline.train_dataset` for a run that starts (or resumes) after `start_step` batches."""
     return dict(strong=trainer_cfg.method == "ieg", seed=run_cfg.seed, start_step=start_step,
                 augment_policy=run_cfg.aug_type, probe_affine=run_cfg.probe_affine)
 
@@ -271,21 +273,43 @@ def fit_callbacks(run_cfg, chief, saver, history):
     return callbacks
 
 
-def _fit(trainer, strategy, data, run_cfg, start_step, history, saver):
+# Consecutive skipped (overflowed) mixed_float16 steps after which a run is stopped: each halves the loss scale,
+# and float16's range is 40 binades, so by then the scale has left it.
+MAX_SKIPPED_IN_A_ROW = 200
+
+
+def _fit(trainer, strategy, data, run_cfg, history, saver):
+    """Trains from the restored state to max_iteration steps, evaluating and saving every eval_freq batches.
+
+    The input stream starts after the batches consumed so far (`saver.batches`), which are more than the steps
+    where mixed_float16 skipped overflowed steps; such skips also leave a `fit` of the remaining steps' epochs
+    short of max_iteration, so `fit` is called again until it is reached.
+    """
     replicas = strategy.num_replicas_in_sync
-    epochs = -(-run_cfg.max_iteration // run_cfg.eval_freq)
     callbacks = fit_callbacks(run_cfg, distribute.is_chief(strategy), saver, history)
-    options = input_options(trainer.config, run_cfg, start_step)
     eval_ds = pipeline.eval_dataset(data, run_cfg.val_batch_size * replicas)
-    common = dict(epochs=epochs, steps_per_epoch=run_cfg.eval_freq, initial_epoch=start_step // run_cfg.eval_freq,
-                  callbacks=callbacks, verbose=1 if distribute.is_chief(strategy) else 0)
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        train_ds = pipeline.distributed_train_dataset(strategy, data, run_cfg.batch_size * replicas, **options)
-        distribute.custom_fit(trainer, strategy, train_ds,
-                              validation_data=strategy.experimental_distribute_dataset(eval_ds), **common)
-    else:
-        train_ds = pipeline.train_dataset(data, run_cfg.batch_size * replicas, **options)
-        trainer.fit(train_ds, validation_data=eval_ds, **common)
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if multi_worker:
+        eval_ds = strategy.experimental_distribute_dataset(eval_ds)
+    skipped_in_a_row = 0
+    while (step := int(trainer.optimizer.iterations.numpy())) < run_cfg.max_iteration:
+        batches = int(saver.batches.numpy())
+        first_epoch = batches // run_cfg.eval_freq
+        common = dict(epochs=first_epoch + -(-(run_cfg.max_iteration - step) // run_cfg.eval_freq),
+                      steps_per_epoch=run_cfg.eval_freq, initial_epoch=first_epoch, callbacks=callbacks,
+                      verbose=1 if distribute.is_chief(strategy) else 0)
+        options = input_options(trainer.config, run_cfg, batches)
+        if multi_worker:
+            train_ds = pipeline.distributed_train_dataset(strategy, data, run_cfg.batch_size * replicas, **options)
+            distribute.custom_fit(trainer, strategy, train_ds, validation_data=eval_ds, **common)
+        else:
+            train_ds = pipeline.train_dataset(data, run_cfg.batch_size * replicas, **options)
+            trainer.fit(train_ds, validation_data=eval_ds, **common)
+        applied = int(trainer.optimizer.iterations.numpy()) - step
+        skipped_in_a_row = skipped_in_a_row + int(saver.batches.numpy()) - batches if applied == 0 else 0
+        if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            raise NonFiniteLossError(f"the last {skipped_in_a_row} steps all overflowed in float16 and were skipped; "
+                                     "train with --mixed_precision=mixed_bfloat16 or without --mixed_precision")
 
 
 def _results(trainer, data, run_cfg, iter_epoch, history):

@@ -31,9 +31,9 @@ def _run(model_dir, *extra):
     return out
 
 
-def _final_state(model_dir):
+def _final_state(model_dir, name="ckpt-12"):
     path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    assert path is not None and path.endswith("ckpt-12"), path
+    assert path is not None and path.endswith(name), path
     reader = tf.train.load_checkpoint(path)
     names = sorted(n for n in reader.get_variable_to_shape_map() if n.endswith("VARIABLE_VALUE"))
     return {n: reader.get_tensor(n) for n in names}
@@ -137,3 +137,26 @@ def test_ctrl_c_says_how_to_resume_without_a_traceback_and_the_same_command_resu
         f"ieg_tf: interrupted; run the same command again to resume from the last checkpoint in {model_dir}")
     _run(model_dir)
     _assert_same(state, _final_state(model_dir))
+
+
+def test_a_mixed_float16_run_that_skipped_steps_resumes_exactly(tmp_path):
+    """Started at a loss scale of 2**22, the first 6 steps' float16 gradients overflow and are skipped (their
+    batches used up, the optimizer's step not advanced): 6 steps take 12 batches. Killed right after the
+    checkpoints at 3 batches (step 0) and at 9 (step 3), the same command ends with the uninterrupted run's state:
+    the input stream resumes after the batches consumed, not after the steps."""
+    check = os.path.join(ROOT, "tests", "loss_scale_resume_check.py")
+    args = [*ARGS[:3], "--eval_freq=3", "--max_iteration=6", "--mixed_precision=mixed_float16"]
+
+    def run(model_dir, crash_after_epoch=-1):
+        return subprocess.run([sys.executable, check, str(crash_after_epoch), "22", *args, f"--model_dir={model_dir}"],
+                              cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+
+    uninterrupted, resumed = str(tmp_path / "uninterrupted"), str(tmp_path / "resumed")
+    summary = 'RESULT {"steps": 6, "skipped_steps": 6}'
+    assert summary in run(uninterrupted).stdout
+    for crash_after_epoch in (0, 2):  # fit epochs of 3 batches
+        killed = run(resumed, crash_after_epoch)
+        assert killed.returncode == 3, killed.stderr[-3000:]
+    assert _checkpoints(os.path.join(resumed, "checkpoints")) == {"ckpt-3", "ckpt-6", "ckpt-9"}
+    assert summary in run(resumed).stdout
+    _assert_same(_final_state(uninterrupted, "ckpt-12"), _final_state(resumed, "ckpt-12"))

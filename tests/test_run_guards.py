@@ -90,13 +90,33 @@ def test_every_worker_restores_the_chiefs_checkpoint(tmp_path):
         return model
     saver = checkpoints.RunCheckpoint(trainer(), chief_dir)
     saver.trainer.optimizer.iterations.assign(7)
-    saver.save(7, [{"step": 7}])
+    saver.batches.assign(9)  # two steps skipped (mixed_float16)
+    saver.save([{"step": 7}])
     # A worker's own (stale) copy must not be what it resumes from.
     stale = checkpoints.RunCheckpoint(trainer(), worker_dir)
     stale.trainer.optimizer.iterations.assign(3)
-    stale.save(3, [{"step": 3}])
+    stale.batches.assign(3)
+    stale.save([{"step": 3}])
     resumed = checkpoints.RunCheckpoint(trainer(), worker_dir, restore_directory=worker_restore)
-    assert resumed.restore() == (7, [{"step": 7}])
+    assert resumed.restore() == (7, [{"step": 7}]) and int(resumed.batches.numpy()) == 9
+
+
+def test_a_checkpoint_without_the_batch_count_resumes_as_if_no_step_was_skipped(tmp_path):
+    """Checkpoints written before the count of batches consumed was kept (session 14) still resume, at their step;
+    history entries past the restored checkpoint (a kill between the history and the checkpoint write) are
+    dropped."""
+    keras.backend.clear_session()
+    trainer = IEGTrainer(tinydata.mlp(), 4, TrainerConfig(method="supervised"), num_train_examples=64)
+    trainer.compile(optimizer=TF1Momentum(0.1))
+    saver = checkpoints.RunCheckpoint(trainer, str(tmp_path))
+    trainer.optimizer.iterations.assign(5)
+    old_layout = tf.train.Checkpoint(**saver.variables)
+    tf.train.CheckpointManager(old_layout, str(tmp_path), max_to_keep=2).save(checkpoint_number=5)
+    checkpoints.write_atomically(str(tmp_path / checkpoints.HISTORY_FILE),
+                                 json.dumps([{"step": 5}, {"step": 8, "batches": 8}]))
+    trainer.optimizer.iterations.assign(0)
+    saver.batches.assign(123)
+    assert saver.restore() == (5, [{"step": 5}]) and int(saver.batches.numpy()) == 5
 
 
 def test_an_epoch_counts_global_batches():
