@@ -6,6 +6,7 @@ set before any noise touches the remaining labels. Every random choice is seeded
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -178,7 +179,8 @@ def save_split(data, directory):
     """Writes the split for auditing: noisy_labels, train_ids, probe_ids, probe_labels, true_labels (when known) as
     .npy files; for image-file data train_paths.json, the file of each training example in id order (a JSON list,
     one path per line: a quarter of a fixed-width .npy string array's size, and any file name survives); and
-    split.json with the sizes, class names and noise (requested and realised)."""
+    split.json with the sizes, class names, noise (requested and realised) and the fingerprints of the training and
+    probe images."""
     os.makedirs(directory, exist_ok=True)
     arrays = {name: values for name, values in _split_arrays(data).items() if values is not None}
     paths = arrays.pop("train_paths", None)
@@ -194,7 +196,7 @@ def save_split(data, directory):
         "image_shape": list(data.image_shape), "num_train": len(data.train_labels),
         "num_probe": len(data.probe_labels), "num_test": len(data.test_labels), "noise_type": data.noise_type,
         "noise_ratio": data.noise_ratio, "noise_rate_realized": data.noise_rate_realized,
-        "files": sorted(files)}
+        "files": sorted(files), "fingerprints": _fingerprints(data)}
     with open(os.path.join(directory, "split.json"), "w") as f:
         json.dump(summary, f, indent=2)
 
@@ -216,8 +218,9 @@ def load_split(directory):
 
 
 def check_split(data, directory):
-    """Raises ValueError unless `data` has the labels and ids saved in `directory` (for resuming a run) and, where
-    the saved split names the training files (image-file data), the same files in the same order."""
+    """Raises ValueError unless `data` has the labels and ids saved in `directory` (for resuming a run), the same
+    training and probe images (their fingerprints) and, where the saved split names the training files
+    (image-file data), the same files in the same order."""
     saved = load_split(directory)
     current = _split_arrays(data)
     differ = [name for name in _SPLIT_ARRAYS if (name in saved) != (current[name] is not None)
@@ -227,6 +230,15 @@ def check_split(data, directory):
                          " use the seed, noise and data flags of the saved run, or a new run directory")
     if "train_paths" in saved:  # splits saved before the files were kept have none: nothing to compare
         _check_train_files(saved["train_paths"], current["train_paths"], directory)
+    # Splits saved before session 14 have no fingerprints: nothing to compare.
+    fingerprints = _fingerprints(data) if "fingerprints" in saved else {}
+    for what, fingerprint in fingerprints.items():
+        if saved["fingerprints"].get(what) != fingerprint:
+            raise ValueError(
+                f"the {what.replace('_', ' ')} differ from the ones the run in {os.path.dirname(directory)} was "
+                f"trained on (their fingerprint in {os.path.join(directory, 'split.json')}), while their labels "
+                "match, so resuming would continue its training on other images; restore the data the run started "
+                "with, or use a new run directory")
 
 
 def _split_arrays(data):
@@ -234,6 +246,23 @@ def _split_arrays(data):
     return {"noisy_labels": data.train_labels, "true_labels": data.train_true_labels, "train_ids": data.train_ids,
             "probe_ids": data.probe_ids, "probe_labels": data.probe_labels,
             "train_paths": None if data.train_paths is None else np.asarray(data.train_paths, str)}
+
+
+def _fingerprints(data):
+    """SHA-256 of the training and probe images (of their files' paths below their common directory where the
+    images are paths), so a resume can tell that the images changed under the same labels."""
+    return {"training_images": _fingerprint(data.train_images), "probe_images": _fingerprint(data.probe_images)}
+
+
+def _fingerprint(images):
+    images = np.asarray(images)
+    if images.dtype.kind in "US":
+        content = "\n".join(_below_common_directory(images)).encode("utf-8") if len(images) else b""
+    else:
+        content = np.ascontiguousarray(images).tobytes()
+    digest = hashlib.sha256(f"{images.dtype.str} {images.shape}\n".encode())
+    digest.update(content)
+    return digest.hexdigest()
 
 
 def _check_train_files(saved, current, directory):
@@ -262,13 +291,20 @@ def _below_common_directory(paths):
 
 
 def given_probe_counts(spec):
-    """Images per class of the probe set that spec.probe_dir / spec.probe_list gives, from its listing alone (no
-    image is decoded, so files that skip_bad_images would skip are counted); None when the probe is split off the
-    training set."""
+    """Images per class of the probe set that spec.probe_dir / spec.probe_list / the array file's probe arrays
+    give, from the listing or labels alone (no image is decoded, so files that skip_bad_images would skip are
+    counted); None when the probe is split off the training set."""
     if spec.dataset == "folder" and spec.probe_dir:
         labels = image_files.read_folder(spec.probe_dir)[1]
     elif spec.dataset == "list" and spec.probe_list:
         labels = image_files.read_list(spec.probe_list, spec.image_root)[1]
+    elif spec.dataset == "arrays" and spec.array_file and os.path.exists(spec.array_file):
+        with np.load(spec.array_file) as f:
+            if "probe_labels" not in f.files:
+                return None
+            labels = np.asarray(f["probe_labels"]).reshape(-1).astype(np.int64)
+        if len(labels) == 0 or labels.min() < 0:
+            return None  # reading the file reports it
     else:
         return None
     return np.bincount(labels)
@@ -333,7 +369,11 @@ def _build(raw, spec, given, trusted, true_known):
         raise ValueError(f"probe_per_class must be >= 0, got {spec.probe_per_class}")
     if raw.probe_images is None:
         if spec.probe_per_class is None:
-            raise ValueError("probe_per_class=None (every probe image) needs a separate probe set; give a number")
+            source = {"arrays": f"{spec.array_file} holds no probe_images and probe_labels (add them, or give a "
+                                "number)", "folder": "pass --probe_dir", "list": "pass --probe_list"}
+            raise ValueError("probe_per_class=None (--probe_per_class=all: every image of a separately given probe "
+                             f"set) needs a separate probe set: {source.get(spec.dataset, 'give a number')}; or give "
+                             "a number of probe images per class")
         train_idx, probe_idx = probe_split(trusted, raw.num_classes, spec.probe_per_class, spec.seed, hint)
         probe_images, probe_labels, probe_ids = raw.train_images[probe_idx], trusted[probe_idx], probe_idx
     else:

@@ -26,7 +26,7 @@ flags.DEFINE_enum("dataset", "digits", datasets.DATASETS, "Data set; digits is e
 flags.DEFINE_string("data_dir", None, "CIFAR archives / tensorflow-datasets directory.")
 flags.DEFINE_bool("download", False, "Let tensorflow-datasets download CIFAR (needs internet).")
 flags.DEFINE_string("probe_per_class", "1", "Trusted probe images per class, taken from the clean labels or from "
-                    "--probe_dir/--probe_list; 'all': every image of --probe_dir/--probe_list.")
+                    "--probe_dir/--probe_list/the --array_file's probe arrays; 'all': every image of those.")
 flags.DEFINE_enum("noise_type", "uniform", noise.NOISE_TYPES, "Label noise to inject.")
 flags.DEFINE_float("noise_ratio", 0.8, "Noise ratio r (uniform: relabel with prob r, true class included).",
                    lower_bound=0.0, upper_bound=1.0)
@@ -182,13 +182,16 @@ def _probe_per_class_error(values):
     """The error for a --probe_per_class that is neither a count >= 1 nor 'all' with a given probe set, else None."""
     value = values["probe_per_class"]
     if value == ALL_PROBE_IMAGES:
-        if values["probe_dir"] or values["probe_list"]:
+        # An array file's probe arrays are seen when the file is read (datasets.load_dataset).
+        if values["probe_dir"] or values["probe_list"] or values["dataset"] == "arrays":
             return None
         return ("--probe_per_class=all takes every image of a separately given probe set, and none is given: pass "
-                "--probe_dir (--dataset=folder) or --probe_list (--dataset=list), or give a number of images per class")
+                "--probe_dir (--dataset=folder) or --probe_list (--dataset=list), or probe_images in the "
+                "--array_file (--dataset=arrays); or give a number of images per class")
     if value is not None and value.isdecimal() and int(value) >= 1:
         return None
-    return f"--probe_per_class={value}: give a whole number >= 1, or 'all' with --probe_dir or --probe_list"
+    return (f"--probe_per_class={value}: give a whole number >= 1, or 'all' with --probe_dir, --probe_list or an "
+            "--array_file holding probe_images")
 
 
 def _check_probe_per_class(values):
@@ -198,7 +201,8 @@ def _check_probe_per_class(values):
     return True
 
 
-flags.register_multi_flags_validator(["probe_per_class", "probe_dir", "probe_list"], _check_probe_per_class)
+flags.register_multi_flags_validator(["probe_per_class", "probe_dir", "probe_list", "dataset"],
+                                     _check_probe_per_class)
 
 
 def check_flags_at_start():
@@ -228,16 +232,18 @@ def warn_untrusted_probe():
 
 
 def note_unused_probe_images(data_spec):
-    """Says on stderr how many images of a probe set given by --probe_dir/--probe_list the run uses, when
-    --probe_per_class leaves some out: with the default of 1, ten trusted images per class would otherwise be cut
-    to one silently. Only the probe's listing is read (the images are decoded with the rest of the data)."""
+    """Says on stderr how many images of a probe set given by --probe_dir, --probe_list or --array_file the run uses,
+    when --probe_per_class leaves some out: with the default of 1, ten trusted images per class would otherwise be
+    cut to one silently. Only the probe's listing is read (the images are decoded with the rest of the data)."""
     per_class = data_spec.probe_per_class
     if FLAGS.method == "supervised" or per_class is None:  # supervised trains without the probe
         return
     counts = datasets.given_probe_counts(data_spec)
     if counts is None or counts.max() <= per_class:
         return
-    given = f"--probe_dir={data_spec.probe_dir}" if data_spec.probe_dir else f"--probe_list={data_spec.probe_list}"
+    given = (f"--probe_dir={data_spec.probe_dir}" if data_spec.probe_dir else
+             f"--probe_list={data_spec.probe_list}" if data_spec.probe_list else
+             f"probe_images of --array_file={data_spec.array_file}")
     used = sum(min(int(n), per_class) for n in counts)
     print(f"ieg_tf: note: --probe_per_class={per_class} uses {used} of the {counts.sum()} images of the given probe "
           f"set ({given}); --probe_per_class=all uses every one", file=sys.stderr, flush=True)

@@ -1,6 +1,7 @@
 """Flag combinations the command line refuses in one line naming the flags and the fix, before any training."""
 
 import contextlib
+import glob
 import os
 import re
 import subprocess
@@ -204,6 +205,15 @@ def _file_data_flags(tmp_path, kind, probe_counts):
     probe_counts[c] images of class c."""
     train, test = _probe_images(tmp_path / "train", [4, 4]), _probe_images(tmp_path / "test", [1, 1])
     probe = _probe_images(tmp_path / "probe", probe_counts)
+    if kind == "arrays":
+        def arrays(name):
+            files = sorted(glob.glob(os.path.join(tmp_path, name, "*", "*.png")))
+            return (np.stack([np.asarray(Image.open(f))[..., None] for f in files]),
+                    np.array([int(f.split(os.sep)[-2][1:]) for f in files]))
+        names = ("train", "test", "probe") if probe_counts else ("train", "test")
+        split = {f"{name}_{what}": a for name in names for what, a in zip(("images", "labels"), arrays(name))}
+        np.savez(tmp_path / "data.npz", **split)
+        return ["--dataset=arrays", f"--array_file={tmp_path / 'data.npz'}"]
     if kind == "folder":
         return ["--dataset=folder", f"--train_dir={train}", f"--test_dir={test}", f"--probe_dir={probe}"]
     for name in ("train", "test", "probe"):
@@ -213,11 +223,18 @@ def _file_data_flags(tmp_path, kind, probe_counts):
     return ["--dataset=list", *(f"--{name}_list={tmp_path / name}.txt" for name in ("train", "test", "probe"))]
 
 
-@pytest.mark.parametrize("kind", ["folder", "list"])
+@pytest.mark.parametrize("kind", ["folder", "list", "arrays"])
 def test_probe_per_class_all_uses_every_given_probe_image(tmp_path, kind):
     with _parsed(*_file_data_flags(tmp_path, kind, [3, 2]), "--noise_type=none", "--probe_per_class=all"):
         data = datasets.load_dataset(main.configs_from_flags()[0])
     assert sorted(data.probe_labels.tolist()) == [0, 0, 0, 1, 1] and len(data.train_labels) == 8
+
+
+def test_probe_per_class_all_on_an_array_file_without_probe_arrays_says_what_to_add(tmp_path):
+    with _parsed(*_file_data_flags(tmp_path, "arrays", []), "--noise_type=none", "--probe_per_class=all"):
+        with pytest.raises(ValueError, match=r"needs a separate probe set: \S+data.npz holds no probe_images and "
+                                             r"probe_labels \(add them, or give a number\)"):
+            datasets.load_dataset(main.configs_from_flags()[0])
 
 
 @pytest.mark.parametrize("per_class, note", [
@@ -225,7 +242,7 @@ def test_probe_per_class_all_uses_every_given_probe_image(tmp_path, kind):
     ("2", "ieg_tf: note: --probe_per_class=2 uses 4 of the 5 images of the given probe set (--probe_{flag}="),
     ("all", None),
 ])
-@pytest.mark.parametrize("kind, flag", [("folder", "dir"), ("list", "list")])
+@pytest.mark.parametrize("kind, flag", [("folder", "dir"), ("list", "list"), ("arrays", "")])
 def test_a_given_probe_set_larger_than_used_is_noted(monkeypatch, capsys, tmp_path, kind, flag, per_class, note):
     def stop(*a, **k):
         raise ValueError("stopped before training")
@@ -234,6 +251,8 @@ def test_a_given_probe_set_larger_than_used_is_noted(monkeypatch, capsys, tmp_pa
                               f"--probe_per_class={per_class}", run=stop)
     assert code == 2 and err.count("ieg_tf: note:") == (note is not None), err
     if note:
+        if kind == "arrays":
+            note = note.replace("--probe_{flag}=", "probe_images of --array_file=")
         assert note.format(flag=flag) in err and "; --probe_per_class=all uses every one\n" in err, err
     _, _, err = _main_exit(monkeypatch, capsys, f"--model_dir={tmp_path / 'run'}", *args, "--noise_type=none",
                            "--method=supervised", run=stop)

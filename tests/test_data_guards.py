@@ -4,6 +4,7 @@ tf.data.Dataset, noise files on held-out folder / list data, list-file labels, a
 split. Every file is written here."""
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -345,3 +346,32 @@ def test_a_split_saved_without_training_files_still_resumes(tmp_path):
     with open(os.path.join(split_dir, "split.json"), "w") as f:
         json.dump(summary, f)
     datasets.check_split(data, split_dir)
+
+
+def test_resume_refuses_training_or_probe_images_that_changed_under_equal_labels(tmp_path):
+    x, y = _arrays()
+    data = datasets.from_arrays(x, y, x, y, probe_per_class=1, seed=3)
+    split_dir = str(tmp_path / "run" / "split")
+    datasets.save_split(data, split_dir)
+    datasets.check_split(datasets.from_arrays(x.copy(), y, x, y, probe_per_class=1, seed=3), split_dir)
+    for what, index in (("training images", data.train_ids[0]), ("probe images", data.probe_ids[0])):
+        changed = x.copy()
+        changed[index] = 255 - changed[index]  # one image replaced; every label, id and probe id unchanged
+        with pytest.raises(ValueError, match=rf"the {what} differ from the ones the run in \S+/run was trained on "
+                                             r"\(their fingerprint in \S+/split/split.json\), while their labels "
+                                             r"match.*restore the data the run started with, or use a new run"):
+            datasets.check_split(datasets.from_arrays(changed, y, x, y, probe_per_class=1, seed=3), split_dir)
+
+
+def test_resume_refuses_a_separate_probe_file_that_changed(tmp_path):
+    _folder(str(tmp_path / "train"), per_class=4, shape=(4, 4))
+    _folder(str(tmp_path / "test"), per_class=1, shape=(4, 4))
+    _folder(str(tmp_path / "probe"), per_class=1, shape=(4, 4))
+    spec = dataclasses.replace(_folder_spec(tmp_path), probe_dir=str(tmp_path / "probe"))
+    data = datasets.load_dataset(spec)
+    datasets.save_split(data, str(tmp_path / "split"))
+    datasets.check_split(datasets.load_dataset(spec), str(tmp_path / "split"))
+    probe_file = sorted((tmp_path / "probe").rglob("*.png"))[0]
+    _image(str(probe_file), np.full((4, 4, 3), 77, np.uint8))  # same name, other picture
+    with pytest.raises(ValueError, match=r"the probe images differ"):
+        datasets.check_split(datasets.load_dataset(spec), str(tmp_path / "split"))
