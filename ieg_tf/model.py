@@ -545,9 +545,10 @@ class IEGTrainer(keras.Model):
         `StopOnNonFiniteLoss` is added unless `callbacks` has one). `shuffle` defaults to False: the training
         data are a `tf.data` pipeline that shuffles itself (`ieg_tf.pipeline.train_dataset`).
 
-        Refused: class_weight / sample_weight (the step weights examples itself, by omega*), a global batch that
-        the strategy's replicas cannot split evenly (where the dataset's batch size is static), and EMA shadows
-        that no longer match the network's trainable variables."""
+        Refused: class_weight / sample_weight (the step weights examples itself, by omega*), a global or probe
+        batch that the strategy's replicas might not split evenly (not a multiple of the replica count, or of a
+        size unknown before the data are read), and EMA shadows that no longer match the network's trainable
+        variables."""
         for name in ("class_weight", "sample_weight"):
             if kwargs.get(name) is not None:
                 raise ValueError(f"IEGTrainer.fit does not take {name}: the training step weights every example "
@@ -787,18 +788,30 @@ def _check_float_images(images, key):
 
 
 def check_replica_batch(data, num_replicas):
-    """Raises ValueError if `data` (a tf.data.Dataset of training dicts) has a static global batch size that
-    `num_replicas` replicas cannot split evenly: a 15 = 8 + 7 split would weight the replicas' means equally, so
-    the examples of the smaller share would count more. Batches of unknown size are not checked."""
+    """Raises ValueError if `data` (a tf.data.Dataset of training dicts) has a global batch, or probe batch, that
+    `num_replicas` replicas might not split evenly: a size that is not a multiple of `num_replicas`, or one not
+    known before the data are read. A 15 = 8 + 7 split weights the replicas' means equally, so the examples of the
+    smaller share count more; a last batch of 1 leaves a replica with none, whose mean is NaN (measured: a NaN
+    loss at that step, blamed on the learning rate)."""
     spec = getattr(data, "element_spec", None)
     if num_replicas <= 1 or not isinstance(spec, dict) or "weak" not in spec:
         return
-    batch = spec["weak"].shape[0] if spec["weak"].shape.rank else None
-    if batch is not None and batch % num_replicas:
-        raise ValueError(f"the global batch of {batch} examples does not split evenly over {num_replicas} replicas "
-                         f"(each replica's mean would weigh its examples differently); use a batch size divisible "
-                         f"by {num_replicas}, e.g. {batch - batch % num_replicas or num_replicas}, or the "
-                         "per-replica batch of ieg_tf.pipeline.train_dataset")
+    for key, what in (("weak", "global batch"), ("probe_image", "probe batch")):
+        if key not in spec:
+            continue
+        batch = spec[key].shape[0] if spec[key].shape.rank else None
+        if batch is None:
+            raise ValueError(f"the {what} size ({key!r}) of the training dataset is not static, so {num_replicas} "
+                             "replicas might split a batch unevenly (a last short batch: each replica's mean would "
+                             "weigh its examples differently, and a replica left with none gives a NaN loss); give "
+                             f"the dataset a fixed batch size divisible by {num_replicas}: "
+                             f".batch(size, drop_remainder=True), or .rebatch(size, drop_remainder=True) after a "
+                             "generator, or build it with ieg_tf.pipeline.train_dataset")
+        if batch % num_replicas:
+            raise ValueError(f"the {what} of {batch} examples does not split evenly over {num_replicas} replicas "
+                             f"(each replica's mean would weigh its examples differently); use a batch size "
+                             f"divisible by {num_replicas}, e.g. {batch - batch % num_replicas or num_replicas}, or "
+                             "the per-replica batch of ieg_tf.pipeline.train_dataset")
 
 
 def _global_results(metrics):

@@ -64,7 +64,7 @@ def mirrored(data):
     with strategy.scope():
         trainer = make()
     stacked = {k: np.concatenate([b[k] for b in data]) for k in data[0]}
-    ds = tf.data.Dataset.from_tensor_slices(stacked).batch(GLOBAL)
+    ds = tf.data.Dataset.from_tensor_slices(stacked).batch(GLOBAL, drop_remainder=True)
     history = trainer.fit(ds, steps_per_epoch=STEPS, epochs=1, verbose=0)
     return trainer, {name: values[-1] for name, values in history.history.items()}
 

@@ -230,7 +230,18 @@ def test_a_global_batch_the_replicas_cannot_split_evenly_is_refused(monkeypatch)
         model.check_replica_batch(data, 2)
     model.check_replica_batch(data, 1)
     model.check_replica_batch(_data(batch_size=16)[2], 2)
-    model.check_replica_batch(data.unbatch().batch(15), 2)  # unknown static batch: not checkable, accepted
+    even = _data(batch_size=16)[2]
+    for unknown in (data.unbatch().batch(16), even.map(lambda d: {
+            **d, "probe_image": tf.boolean_mask(d["probe_image"], d["probe_label"] >= 0)})):
+        # A size not known before the data are read might split unevenly (a last batch of 1: one replica empty).
+        with pytest.raises(ValueError, match=r"the (global|probe) batch size \('(weak|probe_image)'\) of the "
+                                             r"training dataset is not static, so 2 replicas might split a batch "
+                                             r"unevenly.*\.batch\(size, drop_remainder=True\)"):
+            model.check_replica_batch(unknown, 2)
+    model.check_replica_batch(data.unbatch().batch(16, drop_remainder=True), 2)
+    with pytest.raises(ValueError, match="the probe batch of 16 examples does not split evenly over 3 replicas"):
+        model.check_replica_batch(_data(batch_size=18)[2].map(lambda d: {**d, "probe_image": d["probe_image"][:16],
+                                                                      "probe_label": d["probe_label"][:16]}), 3)
     trainer = _trainer()
     monkeypatch.setattr(IEGTrainer, "distribute_strategy", property(lambda self: _TwoReplicas()))
     with pytest.raises(ValueError, match="does not split evenly over 2 replicas"):
