@@ -74,9 +74,9 @@ class DataSpec:
     probe_list: str | None = None
     image_root: str | None = None
     image_size: int | None = None      # <= 64: decode and resize at load; larger: Inception crops from files
-    num_classes: int | None = None     # list: number of classes when not every id appears in the list
+    num_classes: int | None = None     # list / arrays: number of classes when not every id has a label
     skip_bad_images: bool = False      # folder / list: skip unreadable files instead of failing
-    array_file: str | None = None      # arrays: .npz with train/test images and labels
+    array_file: str | None = None      # arrays: .npz with train/test images and labels [, probe, class_names]
     semantic_fraction: float = 0.1     # semantic: share of the clean train set the labelling network sees
     semantic_epochs: int = 10
     semantic_network: str | None = None  # semantic: ieg_tf.networks name; None = small_cnn (8x8) / resnet29
@@ -98,8 +98,9 @@ def load_dataset(spec):
     Raises:
       ValueError: unknown data set or noise type, ratio outside [0, 1], missing or malformed data (images and
         labels of different lengths, channels-first images, splits whose images differ in shape, an empty training
-        set), a class with fewer than probe_per_class + 1 training images, class names not one per class, a
-        noise file of the wrong length, or a noise file on folder / list data without a separate test split.
+        set, an array file with probe_labels but no probe_images or the reverse), a class with fewer than
+        probe_per_class + 1 training images, class names not one per class, a noise file of the wrong length, or a
+        noise file on folder / list data without a separate test split.
     """
     _check_noise(spec.noise_type, spec.noise_ratio)
     _check_noise_file_split(spec)
@@ -113,9 +114,9 @@ def from_arrays(train_images, train_labels=None, test_images=None, test_labels=N
                 num_classes=None, class_names=None, name="arrays", seed=12345):
     """NoisyData from numpy arrays or tf.data.Datasets (the Python API).
 
-    Each image argument may be a uint8 array ([N, H, W, C] or [N, H, W]) with its labels in the matching
-    `*_labels` argument, or a tf.data.Dataset of (image, label) pairs or {"image", "label"} dicts with the
-    `*_labels` argument left None.
+    Each image argument may be a uint8 array ([N, H, W, C] or [N, H, W]) with its labels (int [N], or [N, 1] as
+    keras.datasets' load_data returns them) in the matching `*_labels` argument, or a tf.data.Dataset of (image,
+    label) pairs or {"image", "label"} dicts with the `*_labels` argument left None.
 
     Args:
       train_images, train_labels: the training set. With noise_type "none" the labels are used as given (already
@@ -137,7 +138,7 @@ def from_arrays(train_images, train_labels=None, test_images=None, test_labels=N
 
     Raises:
       ValueError: malformed arrays (e.g. channels-first), mismatched lengths, splits whose images differ in shape,
-        labels out of range, labels that are not one class id per image (e.g. one-hot in a tf.data.Dataset),
+        labels out of range, labels that are not one class id per image (e.g. one-hot), float images,
         probe_labels without probe_images, class_names not one per class, or a bad noise request.
     """
     _check_noise(noise_type, noise_ratio)
@@ -300,7 +301,7 @@ def given_probe_counts(spec):
         labels = image_files.read_list(spec.probe_list, spec.image_root)[1]
     elif spec.dataset == "arrays" and spec.array_file and os.path.exists(spec.array_file):
         with np.load(spec.array_file) as f:
-            if "probe_labels" not in f.files:
+            if "probe_labels" not in f.files or "probe_images" not in f.files:  # half a probe set: reading refuses it
                 return None
             labels = np.asarray(f["probe_labels"]).reshape(-1).astype(np.int64)
         if len(labels) == 0 or labels.min() < 0:
@@ -516,5 +517,5 @@ def _read(spec):
                        for path in (spec.test_list, spec.probe_list))
         name = os.path.splitext(os.path.basename(spec.train_list))[0]
         raw = image_files.image_dataset(name, train, test, c, None, spec.image_size, probe, spec.skip_bad_images)
-        return dataclasses.replace(raw, num_classes_fix=None if spec.num_classes else "set DataSpec.num_classes")
+        return dataclasses.replace(raw, num_classes_fix=None if spec.num_classes else "pass --num_classes (DataSpec.num_classes)")
     raise ValueError(f"unknown dataset {spec.dataset!r}; choose one of {', '.join(DATASETS)}")

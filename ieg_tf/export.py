@@ -145,9 +145,9 @@ def _check_shape(image_shape, network, center_crop):
     if center_crop and shape[0] != shape[1]:
         raise ValueError(f"center_crop gives square crops, but image_shape is {shape}; pass the crop size of the "
                          "file data set, data.image_shape")
-    inputs = getattr(network, "inputs", None)
-    if inputs:
-        expected = tuple(inputs[0].shape[1:])
+    built_for = model.network_input_shape(network)  # functional: its Input; subclassed: the shape it was built on
+    if built_for:
+        expected = tuple(built_for[1:])
         if len(expected) != 3 or any(e is not None and e != d for e, d in zip(expected, shape)):
             raise ValueError(f"image_shape {shape} does not fit the network input {expected}; pass the shape of "
                              "one stored image, e.g. data.image_shape")

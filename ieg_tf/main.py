@@ -7,12 +7,14 @@ reads FLAGS: it turns them into DataSpec, TrainerConfig and RunConfig and calls 
 
 import os
 import sys
+import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported: keep the console readable
 
-from absl import app, flags  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
-from ieg_tf import datasets, noise, optim, train  # noqa: E402
+from ieg_tf import datasets, noise, optim, sources, train  # noqa: E402
 from ieg_tf.config import GUESS_VIEWS, META_GRAD_MODES, METHODS, STRATEGIES, RunConfig, TrainerConfig  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -20,6 +22,7 @@ MAX_SEED = 2**32 - 1  # numpy's seed range (keras.utils.set_random_seed)
 # The Keras policies the trainer supports: float16 or float64 variables break its float32 EMA and loss arithmetic.
 MIXED_PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 ALL_PROBE_IMAGES = "all"  # --probe_per_class: every image of a given probe set (DataSpec.probe_per_class=None)
+USER_DATASETS = ("folder", "list", "arrays")  # the user's own data: their labels are not known to be clean
 
 # Data.
 flags.DEFINE_enum("dataset", "digits", datasets.DATASETS, "Data set; digits is embedded and runs offline.")
@@ -41,8 +44,10 @@ flags.DEFINE_string("image_root", None, "dataset=list: directory the list paths 
 flags.DEFINE_integer("image_size", None, "folder/list: resize to this size (<= 64 decoded at load).",
                      lower_bound=1)
 flags.DEFINE_bool("skip_bad_images", False, "folder/list: skip unreadable images (counted) instead of stopping.")
+flags.DEFINE_integer("num_classes", None, "dataset=list/arrays: the number of classes, where the highest class id "
+                     "has no training label (default: the highest label + 1).", lower_bound=1)
 flags.DEFINE_string("array_file", None, "dataset=arrays: .npz with train_images, train_labels, test_images, "
-                    "test_labels [, probe_images, probe_labels]; images uint8 [N, H, W, C].")
+                    "test_labels [, probe_images, probe_labels] [, class_names]; images uint8 [N, H, W, C].")
 
 # Method and its constants (SPEC 1.0).
 flags.DEFINE_enum("method", "ieg", METHODS, "Training method.")
@@ -140,6 +145,7 @@ _SCOPED_FLAGS = (
     ("image_size", "dataset", ("folder", "list"), None),
     ("skip_bad_images", "dataset", ("folder", "list"), False),
     ("array_file", "dataset", ("arrays",), None),
+    ("num_classes", "dataset", ("list", "arrays"), None),
 )
 # Refused when a run starts instead of while parsing: configs_from_flags (the Python API's way to build configs)
 # takes a threshold with any method, where it is inert outside ieg (tests/test_cli.py sets every trainer flag at once).
@@ -218,17 +224,47 @@ def check_flags_at_start():
 
 
 def warn_untrusted_probe():
-    """Says so on stderr when the probe is drawn from the given labels of file data with no injected noise.
+    """Says so on stderr when the probe is drawn from the given labels of the user's data with no injected noise.
 
-    IEG's probe must be clean. With --noise_type=none and no --probe_dir/--probe_list the probe images are taken
-    per class from the given labels, which for web-labelled data (WebVision, Food-101N) are the noisy ones. That
-    is right for a clean-label run of your own data, so it is a warning, not an error.
+    IEG's probe must be clean. With --noise_type=none and no --probe_dir/--probe_list (no probe_images in the
+    --array_file) the probe images are taken per class from the given labels, which for web-labelled data
+    (WebVision, Food-101N) are the noisy ones. That is right for a clean-label run of your own data, so it is a
+    warning, not an error.
     """
-    if (FLAGS.dataset in ("folder", "list") and FLAGS.noise_type == "none" and FLAGS.method != "supervised"
-            and not (FLAGS.probe_dir or FLAGS.probe_list)):
-        print(f"ieg_tf: warning: the {FLAGS.probe_per_class} probe image(s) per class are drawn from the given "
-              "labels (--noise_type=none, no --probe_dir/--probe_list) and trusted as clean; for web-labelled "
-              "data pass a verified probe set with --probe_dir or --probe_list", file=sys.stderr, flush=True)
+    if FLAGS.noise_type != "none" or FLAGS.method == "supervised" or FLAGS.probe_per_class == ALL_PROBE_IMAGES:
+        return  # all: every image of a given probe set (the run is refused without one)
+    if FLAGS.dataset in ("folder", "list") and not (FLAGS.probe_dir or FLAGS.probe_list):
+        source, fix = "no --probe_dir/--probe_list", "pass a verified probe set with --probe_dir or --probe_list"
+    elif FLAGS.dataset == "arrays" and "probe_images" not in _array_file_keys():
+        source = "no probe_images in --array_file"
+        fix = "add a verified probe set to the file as probe_images and probe_labels"
+    else:
+        return
+    print(f"ieg_tf: warning: the {FLAGS.probe_per_class} probe image(s) per class are drawn from the given labels "
+          f"(--noise_type=none, {source}) and trusted as clean; for web-labelled data {fix}", file=sys.stderr,
+          flush=True)
+
+
+def _array_file_keys():
+    """The names of the arrays in --array_file, from its zip listing (no array is read); all of NPZ_OPTIONAL when
+    the file cannot be listed, so that nothing is said about it before reading it reports the problem."""
+    try:
+        with np.load(FLAGS.array_file) as f:
+            return set(f.files)
+    except (OSError, ValueError, EOFError, AttributeError, TypeError, zipfile.BadZipFile):  # missing, .npy, corrupt
+        return set(sources.NPZ_OPTIONAL)
+
+
+def note_injected_noise():
+    """Says on stderr that label noise is injected into the user's own data when neither --noise_type nor
+    --noise_ratio is given: their default (80% uniform, the paper's benchmark setting) suits the clean benchmarks,
+    while a user training on their own labels would have 80% of them replaced without having asked for it."""
+    if FLAGS.dataset not in USER_DATASETS or FLAGS["noise_type"].present or FLAGS["noise_ratio"].present:
+        return
+    print(f"ieg_tf: note: {FLAGS.noise_ratio:.0%} {FLAGS.noise_type} label noise is injected into the labels of "
+          f"--dataset={FLAGS.dataset}, which are taken as clean (the default --noise_type={FLAGS.noise_type} "
+          f"--noise_ratio={FLAGS.noise_ratio:g}, the paper's benchmark setting); pass --noise_type=none to train on "
+          "your labels as given", file=sys.stderr, flush=True)
 
 
 def note_unused_probe_images(data_spec):
@@ -258,7 +294,8 @@ def configs_from_flags():
         noise_type=f.noise_type, noise_ratio=f.noise_ratio, noise_file=f.noise_file,
         seed=f.seed if f.data_seed is None else f.data_seed, train_dir=f.train_dir, test_dir=f.test_dir,
         probe_dir=f.probe_dir, train_list=f.train_list, test_list=f.test_list, probe_list=f.probe_list,
-        image_root=f.image_root, image_size=f.image_size, skip_bad_images=f.skip_bad_images, array_file=f.array_file)
+        image_root=f.image_root, image_size=f.image_size, skip_bad_images=f.skip_bad_images, array_file=f.array_file,
+        num_classes=f.num_classes)
     consistency = f.consistency_factor
     trainer_cfg = TrainerConfig(
         method=f.method, ce_factor=f.ce_factor, ce_rampup_steps=f.ce_rampup_steps,
@@ -291,11 +328,14 @@ def _explained(error):
 
 
 def main(argv):
+    if not FLAGS["verbosity"].present:  # TensorFlow's INFO lines at each checkpoint and export; -v 0 shows them
+        logging.set_verbosity(logging.WARNING)
     try:
         if len(argv) > 1:
             raise ValueError(f"unexpected argument {' '.join(map(repr, argv[1:]))}: every option is a --flag=value")
         check_flags_at_start()
         warn_untrusted_probe()
+        note_injected_noise()
         if FLAGS.logical_cpus:
             import tensorflow as tf
             cpu = tf.config.list_physical_devices("CPU")[0]

@@ -40,6 +40,10 @@ TRAIN_METRICS = {
 # step's other stateless streams (random_ops.split of the same seed).
 SEED_PASS_OFFSET = 1000
 IMAGE_KEYS = ("weak", "strong", "probe_image")  # training-batch images: float, already scaled to [-1, 1]
+# Float images with a value beyond +-IMAGE_LIMIT are taken for unscaled 0..255 pixels and refused. Images should lie
+# in [-1, 1]; the bound is loose so that other float inputs (standardised images, features) pass. Inputs that are
+# not images may be larger: set ieg_tf.model.IMAGE_LIMIT = float("inf") before the first step to turn it off.
+IMAGE_LIMIT = 32.0
 
 
 class StepResult(typing.NamedTuple):
@@ -112,6 +116,9 @@ class IEGTrainer(keras.Model):
         # Labels / ids outside their range seen by training steps (the asserts that stop them are dropped by XLA);
         # a metric, so it is neither checkpointed nor logged; `StopOnNonFiniteLoss` reads it.
         self.input_errors = keras.metrics.Sum(name="input_errors")
+        # Training / evaluation images beyond +-IMAGE_LIMIT (unscaled 0..255 floats), counted the same way.
+        self.image_errors = keras.metrics.Sum(name="image_errors")
+        self.eval_image_errors = keras.metrics.Sum(name="eval_image_errors")
         # Everything is created above; without this, `fit` under a strategy tries to build the trainer by calling
         # it on a training batch (a dict the wrapped network does not take).
         self.built = True
@@ -126,7 +133,8 @@ class IEGTrainer(keras.Model):
 
     @property
     def metrics(self):
-        return [*self.trackers.values(), self.eval_loss, self.eval_accuracy, self.input_errors]
+        return [*self.trackers.values(), self.eval_loss, self.eval_accuracy, self.input_errors, self.image_errors,
+                self.eval_image_errors]
 
     @property
     def decayed_variables(self):
@@ -183,7 +191,9 @@ class IEGTrainer(keras.Model):
         # Out-of-range values make the logged loss NaN, so `StopOnNonFiniteLoss` stops the run at this step even
         # where XLA dropped the asserts, and names the cause from `input_errors`.
         self.input_errors.update_state(errors)
-        logs = dict(step.logs, loss=(step.logs["loss"][0] + tf.where(errors > 0, float("nan"), 0.0),
+        unscaled = _unscaled_images(data[k] for k in ("weak", "probe_image") if k in data)  # strong: weak's images
+        self.image_errors.update_state(unscaled)
+        logs = dict(step.logs, loss=(step.logs["loss"][0] + tf.where(errors + unscaled > 0, float("nan"), 0.0),
                                      step.logs["loss"][1]))
         for name, value in logs.items():
             self.trackers[name].update_state(value[0], sample_weight=value[1])
@@ -530,6 +540,7 @@ class IEGTrainer(keras.Model):
                              "tf.data.Dataset of (images, labels) (ieg_tf.pipeline.eval_dataset)")
         images = data[0]
         labels = checked_indices(data[1], "evaluation label", self.num_classes, "class labels")
+        self.eval_image_errors.update_state(_unscaled_images([images]))
         logits = self.ema_logits(images)
         onehot = tf.one_hot(labels, self.num_classes)
         self.eval_loss.update_state(losses.cross_entropy(onehot, logits))
@@ -538,6 +549,7 @@ class IEGTrainer(keras.Model):
 
     def predict_step(self, data):
         images = data[0] if isinstance(data, (tuple, list)) else data
+        self.eval_image_errors.update_state(_unscaled_images([images]))
         return tf.nn.softmax(self.ema_logits(images))
 
     def fit(self, *args, callbacks=None, shuffle=False, **kwargs):
@@ -547,8 +559,11 @@ class IEGTrainer(keras.Model):
 
         Refused: class_weight / sample_weight (the step weights examples itself, by omega*), a global or probe
         batch that the strategy's replicas might not split evenly (not a multiple of the replica count, or of a
-        size unknown before the data are read), and EMA shadows that no longer match the network's trainable
-        variables."""
+        size unknown before the data are read), images of another shape than the network takes, an endless
+        dataset without steps_per_epoch, a `pipeline.train_dataset` stream that starts before the trainer's step
+        (fit again on the same stream: it would replay its batches), and EMA shadows that no longer match the
+        network's trainable variables. Float images with values beyond +-IMAGE_LIMIT (0..255 pixels not scaled
+        to [-1, 1]) stop the run at their first step with a ValueError."""
         for name in ("class_weight", "sample_weight"):
             if kwargs.get(name) is not None:
                 raise ValueError(f"IEGTrainer.fit does not take {name}: the training step weights every example "
@@ -557,6 +572,17 @@ class IEGTrainer(keras.Model):
         self.check_ema_matches_network()
         data = args[0] if args else kwargs.get("x")
         check_replica_batch(data, self.distribute_strategy.num_replicas_in_sync)
+        spec = getattr(data, "element_spec", None)
+        if isinstance(spec, dict):
+            for key in ("weak", "strong", "probe_image"):
+                if key in spec:
+                    check_image_shape(spec[key].shape, self.network, f"training images '{key}'")
+        _check_stream_start(data, int(self.optimizer.iterations.numpy()) if self.optimizer is not None else 0)
+        if kwargs.get("steps_per_epoch") is None and isinstance(data, tf.data.Dataset) and \
+                int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+            raise ValueError("the training dataset is endless (ieg_tf.pipeline.train_dataset repeats forever), so "
+                             "fit without steps_per_epoch would never end its first epoch or evaluate: pass "
+                             "steps_per_epoch (steps between evaluations) and epochs")
         if not isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks = list(callbacks or [])
             if not any(isinstance(c, StopOnNonFiniteLoss) for c in callbacks):
@@ -564,14 +590,40 @@ class IEGTrainer(keras.Model):
         return super().fit(*args, callbacks=callbacks, shuffle=shuffle, **kwargs)
 
     def evaluate(self, *args, **kwargs):
-        """Keras `evaluate` with the EMA weights; refused if the EMA shadows no longer match the network."""
-        self.check_ema_matches_network()
-        return super().evaluate(*args, **kwargs)
+        """Keras `evaluate` with the EMA weights. Refused: EMA shadows that no longer match the network, NaN or Inf
+        weights (a diverged training: argmax of NaN logits is class 0, a believable accuracy), images of another
+        shape than the network takes, and float images beyond +-IMAGE_LIMIT (0..255 pixels not scaled)."""
+        self._check_inference_inputs(args[0] if args else kwargs.get("x"))
+        self.eval_image_errors.reset_state()
+        results = super().evaluate(*args, **kwargs)
+        self._check_eval_images()
+        return results
 
     def predict(self, *args, **kwargs):
-        """Keras `predict`: softmax of the EMA logits; refused if the EMA shadows no longer match the network."""
+        """Keras `predict`: softmax of the EMA logits; refused as `evaluate` is."""
+        self._check_inference_inputs(args[0] if args else kwargs.get("x"))
+        self.eval_image_errors.reset_state()
+        results = super().predict(*args, **kwargs)
+        self._check_eval_images()
+        return results
+
+    def _check_inference_inputs(self, x):
         self.check_ema_matches_network()
-        return super().predict(*args, **kwargs)
+        self.check_finite()
+        spec = getattr(x, "element_spec", None)
+        if spec is not None:
+            spec = spec[0] if isinstance(spec, (tuple, list)) else spec
+        shape = getattr(spec if spec is not None else x, "shape", None)
+        if shape is not None and not isinstance(spec, dict):
+            check_image_shape(tf.TensorShape(shape), self.network, "images")
+
+    def _check_eval_images(self):
+        count = int(self.eval_image_errors.result())
+        if count:
+            raise ValueError(f"{count} float images had values beyond +-{IMAGE_LIMIT:g}, as unscaled 0..255 pixels "
+                             "do; float images are taken as already scaled to [-1, 1]: pass them as uint8 (0..255, "
+                             "e.g. np.round(x).astype(np.uint8)), which is scaled for you, or scale them (x / 127.5 "
+                             "- 1)")
 
     def check_finite(self):
         """Raises ValueError if a weight (network or EMA) is NaN or Inf: what a diverged training leaves, which
@@ -630,13 +682,19 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
             step = int(self.model.optimizer.iterations.numpy())
-            errors = getattr(self.model, "input_errors", None)
-            if errors is not None and float(errors.result()) > 0:
-                raise ValueError(
-                    f"{int(errors.result())} labels or example ids outside their range reached the training step "
-                    f"by step {step}: labels must lie in [0, {self.model.num_classes}), ids in [0, number of "
-                    "training examples). Check the dataset (an XLA-compiled step cannot assert them; "
-                    "compile(jit_compile=False) names the key at the first bad batch)")
+            causes = (  # the inputs the step counted (`IEGTrainer.train_step`), then the learning rate
+                ("image_errors", f"training images with values beyond +-{IMAGE_LIMIT:g}, as unscaled 0..255 pixels "
+                 f"have, reached the training step by step {step}: float training images must be scaled to [-1, "
+                 "1]. Build the batches with ieg_tf.pipeline.train_dataset (it scales uint8 data), or scale them "
+                 "(x / 127.5 - 1, or ieg_tf.export.scale_images on uint8)"),
+                ("input_errors", f"labels or example ids outside their range reached the training step by step "
+                 f"{step}: labels must lie in [0, {getattr(self.model, 'num_classes', '?')}), ids in [0, number of "
+                 "training examples). Check the dataset (an XLA-compiled step cannot assert them; "
+                 "compile(jit_compile=False) names the key at the first bad batch)"))
+            for name, problem in causes:
+                counter = getattr(self.model, name, None)
+                if counter is not None and int(counter.result()) > 0:
+                    raise ValueError(f"{int(counter.result())} {problem}")
             raise NonFiniteLossError(f"the training loss became {loss} at step {step}; {self.hint}")
 
 
@@ -712,9 +770,7 @@ def _check_not_probabilities(network, num_classes, where):
 def _probe_outputs(network, batch=4):
     """float64 outputs of `network` (inference mode) on `batch` fixed random inputs in [-1, 1], or None when
     its input shape is unknown or the call fails."""
-    inputs = getattr(network, "inputs", None)
-    shape = tuple(inputs[0].shape) if inputs and len(inputs) == 1 else \
-        (network.get_build_config() or {}).get("input_shape")
+    shape = network_input_shape(network)
     if not shape or not all(isinstance(d, int) for d in shape[1:]):
         return None
     x = tf.random.stateless_uniform([batch, *shape[1:]], [7, 11], minval=-1.0, maxval=1.0)
@@ -785,6 +841,51 @@ def _check_float_images(images, key):
         raise ValueError(f"training images '{key}' must be float, already scaled to [-1, 1]; got {dtype.name}. Scale "
                          "uint8 images with ieg_tf.export.scale_images, or build the batches with "
                          "ieg_tf.pipeline.train_dataset")
+
+
+def _unscaled_images(images):
+    """How many images of the float batches `images` hold a value beyond +-IMAGE_LIMIT (uint8 ones are scaled)."""
+    count = tf.zeros([], tf.float32)
+    for x in images:
+        if tf.as_dtype(x.dtype).is_floating:
+            largest = tf.reduce_max(tf.reshape(tf.abs(tf.cast(x, tf.float32)), [tf.shape(x)[0], -1]), axis=1)
+            count += tf.reduce_sum(tf.cast(largest > IMAGE_LIMIT, tf.float32))
+    return count
+
+
+def network_input_shape(network):
+    """The input shape the network was built for, batch dimension included, or None when unknown."""
+    inputs = getattr(network, "inputs", None)
+    if inputs and len(inputs) == 1:
+        return tuple(inputs[0].shape)
+    shape = (network.get_build_config() or {}).get("input_shape")
+    return tuple(shape) if shape else None
+
+
+def check_image_shape(shape, network, what):
+    """Raises ValueError when images of `shape` (batch first) cannot be the network's input: a known dimension
+    (height, width, channels) differs from the one the network was built for."""
+    expected = network_input_shape(network)
+    if expected is None or shape.rank is None or shape.rank != len(expected):
+        return
+    got = tuple(shape.as_list()[1:])
+    if any(e is not None and g is not None and e != g for e, g in zip(expected[1:], got)):
+        want = tuple(expected[1:])
+        raise ValueError(f"the {what} have shape {got} but the network was built for {want}: build it for the "
+                         f"data, e.g. keras.Input(shape={got}) (or None for the height and width if it pools "
+                         "globally), or resize the images")
+
+
+def _check_stream_start(data, step):
+    """Refuses a `pipeline.train_dataset` stream that starts before `step`: fit on it would train again on the
+    batches (and augmentations) of the steps already taken, e.g. when fit is called twice with one stream."""
+    start = getattr(data, "ieg_start_step", None)
+    if start is not None and start < step:
+        raise ValueError(f"this training stream starts at step {start} (pipeline.train_dataset(start_step={start})) "
+                         f"but the trainer has taken {step} steps, so fit would train again on the batches and "
+                         f"augmentations of steps {start}..{step - 1}: build a new stream for each fit, "
+                         "pipeline.train_dataset(..., start_step=int(trainer.optimizer.iterations)) (under "
+                         "mixed_float16, the batches consumed), or call fit once with more epochs")
 
 
 def check_replica_batch(data, num_replicas):

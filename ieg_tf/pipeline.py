@@ -45,7 +45,8 @@ def train_dataset(data, batch_size, *, strong=True, seed=12345, start_step=0, pr
       probe_affine) and `probe_label` int32 [Bp] (both left out when the probe set is empty).
 
     Raises:
-      ValueError: an empty training set, a non-positive batch size or a negative start_step.
+      ValueError: an empty training set, a non-positive batch size, a global batch larger than the training set
+        or a negative start_step.
     """
     n, b = len(data.train_labels), int(batch_size)
     bp = int(probe_batch_size) if probe_batch_size is not None else b
@@ -58,6 +59,10 @@ def train_dataset(data, batch_size, *, strong=True, seed=12345, start_step=0, pr
     if input_context is not None:
         pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
         replicas = input_context.num_replicas_in_sync
+    if b * replicas > n:
+        raise ValueError(f"a global batch of {b * replicas} examples is more than the {n} training examples, so each "
+                         "batch would hold some examples twice; use a batch size of at most "
+                         f"{max(n // replicas, 1)}{' per replica' if replicas > 1 else ''}")
     first_chunk = int(start_step) * replicas
     first_epoch, offset = divmod(first_chunk * b, n)
     order_seed = tf.constant([seed, _ORDER], tf.int64)
@@ -78,7 +83,10 @@ def train_dataset(data, batch_size, *, strong=True, seed=12345, start_step=0, pr
         augmenter = augment.augmenter_for(data.augment_kind, augment_policy, probe_affine)
     make = _batch_maker(data, augmenter, strong, bp, seed)
     ds = ds.map(make, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    return _finish(ds, deterministic)
+    # Endless by construction; tf.data cannot tell through flat_map, and fit uses the cardinality.
+    ds = _finish(ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY)), deterministic)
+    ds.ieg_start_step = int(start_step)  # IEGTrainer.fit refuses a stream that starts before the trainer's step
+    return ds
 
 
 def distributed_train_dataset(strategy, data, global_batch_size, **kwargs):

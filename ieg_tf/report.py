@@ -33,7 +33,8 @@ class LabelIssues:
       suggested_label: int32 [N], the label the model believes in (see `label_issues`).
       omega_mean: float32 [N], omega* averaged over the example's visits (raw: the uniform weight is 1/B).
       pseudo_fraction: float32 [N], the share of visits in which lambda* chose the guessed label.
-      visits: int64 [N], how many training steps saw the example.
+      visits: int64 [N], how many training steps saw the example and recorded its omega*, lambda* and guess: 0
+        throughout for method=supervised, which computes none (its suggested labels are the EMA model's).
       label_believed_wrong: bool [N], the flag.
       true_label: int32 [N] clean labels (-1 = unknown), or None.
       precision: share of flagged examples whose given label is truly wrong; None when undefined (no true

@@ -67,12 +67,21 @@ def check_class_names(names, num_classes, where="", fix=""):
 
 
 def check_labels(labels, what, num_classes=None):
-    """Returns `labels` as int32 after checking they are integers in [0, num_classes)."""
+    """Returns `labels` as int32 [N] after checking they are integers in [0, num_classes).
+
+    Labels [N, 1] (a column, as keras.datasets' load_data returns them) are taken as [N]; labels [N, C] with C > 1
+    are refused as one-hot, with the argmax that converts them.
+    """
     labels = np.asarray(labels)
-    if labels.dtype.kind not in "iuf" or (labels.dtype.kind == "f" and not np.all(np.mod(labels, 1) == 0)):
-        raise ValueError(f"{what}: labels must be integers (class ids), got dtype {labels.dtype}")
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        raise ValueError(f"{what}: labels of shape {labels.shape} look one-hot (or multi-label); give one integer "
+                         "class id per example, e.g. np.argmax(labels, axis=-1)")
     if labels.ndim != 1:
         raise ValueError(f"{what}: labels must be one id per example (1-D), got shape {labels.shape}")
+    if labels.dtype.kind not in "iuf" or (labels.dtype.kind == "f" and not np.all(np.mod(labels, 1) == 0)):
+        raise ValueError(f"{what}: labels must be integers (class ids), got dtype {labels.dtype}")
     bad = (labels < 0) | (labels >= num_classes if num_classes is not None else False)
     if np.any(bad):
         raise ValueError(f"{what}: label {labels[bad][0]} is out of range; class ids must be 0.."
@@ -83,9 +92,14 @@ def check_labels(labels, what, num_classes=None):
 def check_images(images, what):
     """Returns uint8 [N, H, W, C] images (a missing channel axis is added) or raises ValueError."""
     images = np.asarray(images)
+    if images.dtype.kind == "f":
+        raise ValueError(f"{what}: images must be uint8 0..255, got {images.dtype}; convert with "
+                         "np.clip(np.round(x * 255), 0, 255).astype(np.uint8) for floats in [0, 1], or "
+                         "np.clip(np.round(x), 0, 255).astype(np.uint8) for floats in 0..255")
     if images.dtype != np.uint8:
         raise ValueError(f"{what}: images must be uint8 0..255, got {images.dtype}; convert with "
-                         "np.clip(np.round(x * 255), 0, 255).astype(np.uint8) for [0, 1] floats")
+                         "x.astype(np.uint8) for integers in 0..255 (rescale wider ranges first, e.g. x // 257 for "
+                         "16-bit values)")
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4:
@@ -241,26 +255,53 @@ def _original_order(ids):
     return np.argsort(index)
 
 
-def read_npz(path, num_classes=None):
-    """An .npz with train_images, train_labels, test_images, test_labels [, probe_images, probe_labels].
+NPZ_REQUIRED = ("train_images", "train_labels", "test_images", "test_labels")
+NPZ_OPTIONAL = ("probe_images", "probe_labels", "class_names")
 
-    num_classes=None takes max(training label) + 1.
+
+def read_npz(path, num_classes=None):
+    """An .npz with train_images, train_labels, test_images, test_labels [, probe_images, probe_labels]
+    [, class_names].
+
+    Labels are int [N] (or [N, 1]); probe_images and probe_labels come together or not at all; class_names holds
+    one str per class id (np.savez stores a list of str as a str array). num_classes=None takes max(training
+    label) + 1.
     """
     if not path or not os.path.exists(path):
         raise ValueError(f"arrays data set: file {path!r} not found; pass --array_file=data.npz")
     with np.load(path) as f:
-        arrays = {k: f[k] for k in f.files}
-    required = ["train_images", "train_labels", "test_images", "test_labels"]
-    missing = [k for k in required + (["probe_labels"] if "probe_images" in arrays else []) if k not in arrays]
+        arrays = {k: _npz_array(f, k, path) for k in f.files}
+    missing = [k for k in NPZ_REQUIRED if k not in arrays]
     if missing:
-        raise ValueError(f"{path} lacks arrays {missing}")
+        raise ValueError(f"{path} lacks arrays {missing} (it holds {sorted(arrays)}); save the data under the names "
+                         f"{', '.join(NPZ_REQUIRED)} (optionally {', '.join(NPZ_OPTIONAL)}), e.g. np.savez(path, "
+                         "train_images=x_train, train_labels=y_train, test_images=x_test, test_labels=y_test)")
+    probe = [k for k in ("probe_images", "probe_labels") if k in arrays]
+    if len(probe) == 1:
+        other = "probe_labels" if probe == ["probe_images"] else "probe_images"
+        raise ValueError(f"{path} holds {probe[0]} without {other}: a separate probe set needs both (then the probe "
+                         "is taken from them); to split the probe off the training set, hold neither")
     split = {what: check_examples(arrays[f"{what}_images"], arrays[f"{what}_labels"], what, path)
              for what in ("train", "test", "probe") if f"{what}_images" in arrays}
     train_x, train_y = split["train"]
     c = num_classes or int(train_y.max(initial=0)) + 1
-    return RawData(os.path.splitext(os.path.basename(path))[0], c, None, train_x.shape[1:], train_x, train_y,
+    names = arrays.get("class_names")
+    if names is not None:
+        names = (np.char.decode(names, "utf-8") if names.dtype.kind == "S" else names).tolist()
+        inferred = "" if num_classes else "; the class count was taken as max(train_labels)+1"
+        names = check_class_names(names, c, f"{path}: ", f" (leave the class_names array out of the file){inferred}")
+    return RawData(os.path.splitext(os.path.basename(path))[0], c, names, train_x.shape[1:], train_x, train_y,
                    *split["test"], augment_kind_for(train_x.shape[1]), *split.get("probe", (None, None)),
-                   None if num_classes else "set DataSpec.num_classes")
+                   None if num_classes else "pass --num_classes (DataSpec.num_classes)")
+
+
+def _npz_array(npz, key, path):
+    """npz[key], with an object array (which np.load does not unpickle) refused with the fix."""
+    try:
+        return npz[key]
+    except ValueError as e:  # "Object arrays cannot be loaded when allow_pickle=False"
+        raise ValueError(f"{path}: array {key!r} cannot be read ({e}); save it as a numeric or str array, e.g. "
+                         "np.asarray(names, dtype=str) for class_names") from None
 
 
 def dataset_to_arrays(ds):

@@ -37,6 +37,8 @@ GENERIC_DEFAULTS = {"network": "wrn28-10", "epochs": 200}
 RESUMABLE_CHANGES = ("model_dir", "max_iteration", "epochs", "eval_freq", "val_batch_size", "strategy", "tpu",
                      "jit_compile", "export_dir", "keep_checkpoints")
 RUN_CONFIG_FILE = "run_config.json"
+# run_config.json's name for max_iteration under --lr_schedule=cosine_one, whose cosine it sets: not resumable there.
+COSINE_LENGTH = "max_iteration (the length of --lr_schedule=cosine_one)"
 RESULT_KEYS = ("dataset", "method", "network", "noise_type", "noise_ratio", "noise_rate_realized", "probe_size",
                "train_examples", "steps", "epochs", "test_accuracy", "best_test_accuracy", "seconds",
                "label_issue_precision", "label_issue_recall")
@@ -86,16 +88,19 @@ def check_writable(model_dir, flag="--model_dir"):
                          "choose a directory you can write to") from None
 
 
-def resolve(run_cfg, data, replicas=1):
+def resolve(run_cfg, data, replicas=1, dataset=None):
     """Fills the data-set dependent defaults: network, total steps, evaluation period, decay steps.
 
+    `dataset` is the kind of data loaded (DataSpec.dataset) and selects DATASET_DEFAULTS; None takes data.name
+    (data built in Python). The user's own data (folder, list, arrays) get GENERIC_DEFAULTS whatever their name:
+    a file named digits.npz is not the embedded digits.
     Refuses a global batch (batch_size x replicas) larger than the training set: batches would repeat examples.
     """
     global_batch = run_cfg.batch_size * replicas
     if global_batch > len(data.train_labels):
         raise ValueError(f"--batch_size={run_cfg.batch_size}" + (f" x {replicas} replicas" if replicas > 1 else "")
                          + f" is more than the {len(data.train_labels)} training examples; lower --batch_size")
-    defaults = DATASET_DEFAULTS.get(data.name, GENERIC_DEFAULTS)
+    defaults = DATASET_DEFAULTS.get(data.name if dataset is None else dataset, GENERIC_DEFAULTS)
     network = run_cfg.network or defaults["network"]
     iter_epoch = steps_per_epoch(data, run_cfg, replicas)
     if run_cfg.max_iteration is not None:
@@ -121,6 +126,8 @@ def steps_per_epoch(data, run_cfg, replicas=1):
 def run_settings(run_cfg, trainer_cfg, replicas):
     """The settings that shape the trained weights, as JSON-compatible values (what run_config.json holds)."""
     run = {k: v for k, v in dataclasses.asdict(run_cfg).items() if k not in RESUMABLE_CHANGES}
+    if run_cfg.lr_schedule == "cosine_one":  # its cosine spans max_iteration: another length jumps the rate
+        run[COSINE_LENGTH] = run_cfg.max_iteration
     settings = {"run": run, "trainer": dataclasses.asdict(trainer_cfg),
                 "global_batch": run_cfg.batch_size * replicas}
     return json.loads(json.dumps(settings))  # tuples become lists, as they come back from the file
@@ -142,7 +149,8 @@ def check_run_config(settings, model_dir, write):
         saved = json.load(f)
     changed = [f"{name} {saved_value!r} there, {value!r} here"
                for part in ("run", "trainer") for name, value in settings[part].items()
-               if (saved_value := saved.get(part, {}).get(name)) != value]
+               if (saved_value := saved.get(part, {}).get(name)) != value
+               and (name != COSINE_LENGTH or name in saved.get(part, {}))]  # not kept before session 14
     if saved.get("global_batch") != settings["global_batch"]:
         changed.append(f"global batch (batch_size x replicas) {saved.get('global_batch')} there, "
                        f"{settings['global_batch']} here")
@@ -193,7 +201,7 @@ def run(run_cfg: RunConfig, trainer_cfg: TrainerConfig, data_spec=None, data=Non
         datasets.check_split(data, split_dir)
     strategy = distribute.make_strategy(run_cfg.strategy, run_cfg.tpu)
     replicas = strategy.num_replicas_in_sync
-    run_cfg, iter_epoch = resolve(run_cfg, data, replicas)
+    run_cfg, iter_epoch = resolve(run_cfg, data, replicas, None if data_spec is None else data_spec.dataset)
     if run_cfg.mixed_precision:
         keras.mixed_precision.set_global_policy(run_cfg.mixed_precision)
     chief = distribute.is_chief(strategy)

@@ -19,6 +19,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tinydata  # noqa: E402
+from ieg_tf import model  # noqa: E402
 from ieg_tf.config import TrainerConfig  # noqa: E402
 from ieg_tf.model import IEGTrainer  # noqa: E402
 from ieg_tf.optim import TF1Momentum  # noqa: E402
@@ -31,6 +32,7 @@ batch = {k: v.numpy() for k, v in next(iter(tinydata.train_dataset(
     x, noisy, true, *tinydata.probe(centers, per_class=4), batch_size=GLOBAL))).items()}
 for key in ("weak", "strong"):
     batch[key][GLOBAL // 2:] *= 1000.0  # replica 1's half
+model.IMAGE_LIMIT = float("inf")  # these inputs are not 0..255 pixels: the unscaled-image check is off
 batch["probe_image"] = np.tile(batch["probe_image"][:4], (GLOBAL // 4, 1, 1, 1))  # every replica: the 4 probes
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -430,7 +430,7 @@ def test_stray_label_errors_say_the_class_count_was_inferred(tmp_path):
     stray[4] = 3
     inferred = r"the class count was taken as max\(label\)\+1 = 4 from the labels, so a stray label out of range"
     with pytest.raises(ValueError, match=f"class 3 has only 1 training examples.*{inferred}.*correct the labels or "
-                                         "set DataSpec.num_classes"):
+                                         r"pass --num_classes \(DataSpec.num_classes\)"):
         datasets.load_dataset(_save_npz(tmp_path / "stray.npz", train_labels=stray))
     with pytest.raises(ValueError, match=f"the probe set has 0 images of class 3.*{inferred}.*correct the labels or "
                                          "pass num_classes to from_arrays"):

@@ -103,6 +103,12 @@ def test_no_probe_and_options(digits):
     assert pipeline.train_dataset(digits, 4, strong=False).options().deterministic is True
     with pytest.raises(ValueError, match="batch sizes must be >= 1"):
         pipeline.train_dataset(digits, 0)
+    n = len(digits.train_labels)
+    with pytest.raises(ValueError, match=f"a global batch of {n + 1} examples is more than the {n} training "
+                                         f"examples, so each batch would hold some examples twice; use a batch size "
+                                         f"of at most {n}"):
+        pipeline.train_dataset(digits, n + 1)
+    assert pipeline.train_dataset(digits, n).element_spec["label"].shape == (n,)
 
 
 def test_eval_dataset_keeps_order_and_remainder(digits):

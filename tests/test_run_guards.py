@@ -56,6 +56,33 @@ def test_resume_with_a_setting_that_shapes_the_weights_is_refused(tmp_path, chan
     assert named in str(error.value) and "new --model_dir" in str(error.value)
 
 
+def test_a_cosine_one_run_refuses_another_length_on_resume_and_older_run_configs_still_resume(tmp_path):
+    """--lr_schedule=cosine_one decays over max_iteration: a resume with another budget would jump the learning
+    rate (e.g. from near 0 back up), so for it the budget is a setting that shapes the weights."""
+    cosine_one = dataclasses.replace(TINY, lr_schedule="cosine_one", max_iteration=100)
+    train.check_run_config(train.run_settings(cosine_one, TrainerConfig(), 1), str(tmp_path), write=True)
+    train.check_run_config(train.run_settings(dataclasses.replace(cosine_one, eval_freq=7), TrainerConfig(), 1),
+                           str(tmp_path), write=True)
+    longer = dataclasses.replace(cosine_one, max_iteration=200)
+    with pytest.raises(ValueError, match=r"max_iteration \(the length of --lr_schedule=cosine_one\) 100 there, "
+                                         r"200 here"):
+        train.check_run_config(train.run_settings(longer, TrainerConfig(), 1), str(tmp_path), write=True)
+    saved = json.loads((tmp_path / train.RUN_CONFIG_FILE).read_text())
+    del saved["run"][train.COSINE_LENGTH]  # as written before session 14
+    (tmp_path / train.RUN_CONFIG_FILE).write_text(json.dumps(saved))
+    train.check_run_config(train.run_settings(longer, TrainerConfig(), 1), str(tmp_path), write=True)
+    sgdr = dataclasses.replace(TINY, max_iteration=100)  # the default SGDR schedule does not depend on the budget
+    assert train.COSINE_LENGTH not in train.run_settings(sgdr, TrainerConfig(), 1)["run"]
+
+
+def test_defaults_follow_the_kind_of_data_not_its_name():
+    data = dataclasses.replace(_data(), name="digits")  # e.g. --dataset=arrays --array_file=digits.npz
+    unset = dataclasses.replace(TINY, network=None, max_iteration=None)
+    assert train.resolve(unset, data, dataset="arrays")[0].network == train.GENERIC_DEFAULTS["network"]
+    assert train.resolve(unset, data, dataset="digits")[0].network == "small_cnn"
+    assert train.resolve(unset, data)[0].max_iteration == 1246  # data built in Python: by name
+
+
 def test_a_worker_does_not_write_the_run_config():
     settings = train.run_settings(TINY, TrainerConfig(), 1)
     directory = os.path.join(tf.compat.v1.test.get_temp_dir(), "no_config")
