@@ -517,5 +517,6 @@ def _read(spec):
                        for path in (spec.test_list, spec.probe_list))
         name = os.path.splitext(os.path.basename(spec.train_list))[0]
         raw = image_files.image_dataset(name, train, test, c, None, spec.image_size, probe, spec.skip_bad_images)
-        return dataclasses.replace(raw, num_classes_fix=None if spec.num_classes else "pass --num_classes (DataSpec.num_classes)")
+        fix = None if spec.num_classes else "pass --num_classes (DataSpec.num_classes)"
+        return dataclasses.replace(raw, num_classes_fix=fix)
     raise ValueError(f"unknown dataset {spec.dataset!r}; choose one of {', '.join(DATASETS)}")
