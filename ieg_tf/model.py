@@ -923,13 +923,14 @@ def _global_results(metrics):
     `result()` therefore reports a mean of per-replica means: wrong when the replicas' counts differ (the last,
     partial test batch; weighted trackers), and one replica's share of the test set on TPU. Summing the Means'
     totals and counts across replicas gives every replica the global value, which any of those reductions keeps.
+    A Mean that has no weight yet reads NaN, not Keras' 0: guess_acc, omega_clean and omega_noisy have none when
+    no true label is known (the user's own data), and 0.0 would read as a measured 0% or weight 0.
     """
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return {name: metric.result() for name, metric in metrics.items()}
     local = [tf.stack([tf.convert_to_tensor(m.total), tf.convert_to_tensor(m.count)]) for m in metrics.values()]
-    sums = context.all_reduce(tf.distribute.ReduceOp.SUM, local)
-    return {name: tf.math.divide_no_nan(s[0], s[1]) for name, s in zip(metrics, sums)}
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        local = context.all_reduce(tf.distribute.ReduceOp.SUM, local)
+    return {name: tf.where(s[1] > 0, s[0] / tf.maximum(s[1], 1e-30), float("nan")) for name, s in zip(metrics, local)}
 
 
 def _accuracy(logits, onehot):

@@ -124,3 +124,17 @@ def test_export_names_the_shape_a_subclassed_network_was_built_for(tmp_path):
     with pytest.raises(ValueError, match=r"image_shape \(12, 12, 1\) does not fit the network input \(8, 8, 1\)"):
         export.export_serving(trainer, str(tmp_path / "serving"), image_shape=(12, 12, 1))
     export.export_serving(trainer, str(tmp_path / "serving"), image_shape=(8, 8, 1))
+
+
+def test_monitors_that_need_true_labels_read_nan_where_none_is_known():
+    """guess_acc, omega_clean and omega_noisy compare with the true labels; on the user's own data (true_label -1)
+    they have nothing to average and read NaN, where Keras' Mean read 0.0 (a measured 0%)."""
+    x, noisy, _, centers = tinydata.blobs(per_class=16)
+    unknown = np.full_like(noisy, -1)
+    trainer = _trainer(tinydata.mlp(), method="ieg")
+    history = trainer.fit(tinydata.train_dataset(x, noisy, unknown, *tinydata.probe(centers), batch_size=16),
+                          steps_per_epoch=2, epochs=1, verbose=0).history
+    for name in ("guess_acc", "omega_clean", "omega_noisy"):
+        assert np.isnan(history[name][-1]), (name, history[name])
+    for name in ("loss", "train_acc", "probe_loss", "omega_max"):
+        assert np.isfinite(history[name][-1]), (name, history[name])
