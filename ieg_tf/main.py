@@ -79,7 +79,8 @@ flags.DEFINE_float("probe_weight_decay", None, "wd of the meta step's probe obje
 
 # Network and optimisation.
 flags.DEFINE_string("network", None, "Network name (wrn28-10, wrn28-2, resnet29, resnet50, small_cnn, mlp); "
-                    "default depends on the data set.")
+                    "default: small_cnn for digits, wrn28-10 for CIFAR; other data by image size: "
+                    "small_cnn up to 16 px, wrn28-10 up to 64, resnet50 above.")
 flags.DEFINE_alias("network_name", "network")
 flags.DEFINE_float("weight_decay", None, "Override the network's L2 coefficient.", lower_bound=0.0)
 flags.DEFINE_alias("l2_weight_decay", "weight_decay")

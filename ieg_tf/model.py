@@ -625,6 +625,22 @@ class IEGTrainer(keras.Model):
                              "e.g. np.round(x).astype(np.uint8)), which is scaled for you, or scale them (x / 127.5 "
                              "- 1)")
 
+    def load_weights(self, filepath, *args, **kwargs):
+        """Keras `load_weights`; a file saved by a trainer built otherwise is refused naming what differs (Keras
+        says only that a layer "expected 4 variables, but received 0")."""
+        try:
+            return super().load_weights(filepath, *args, **kwargs)
+        except ValueError as error:
+            built = {"example_stats": f"num_train_examples={self.num_train_examples}",
+                     "meta_cache": f"meta_every={self.config.meta_every}"}
+            for layer, setting in built.items():
+                if f"'{layer}'" in str(error):
+                    raise ValueError(f"{filepath} was saved by a trainer built with another {setting.split('=')[0]} "
+                                     f"(its {layer} variables do not fit this trainer's, built with {setting}): build "
+                                     "the IEGTrainer as the one that saved the file (the same network, num_classes, "
+                                     "num_train_examples and TrainerConfig)") from None
+            raise
+
     def check_finite(self):
         """Raises ValueError if a weight (network or EMA) is NaN or Inf: what a diverged training leaves, which
         no report or export should read."""

@@ -31,7 +31,7 @@ DATASET_DEFAULTS = {
     "cifar10": {"network": "wrn28-10", "max_iteration": 200000},
     "cifar100": {"network": "wrn28-10", "max_iteration": 200000},
 }
-GENERIC_DEFAULTS = {"network": "wrn28-10", "epochs": 200}
+GENERIC_DEFAULTS = {"epochs": 200}  # other data: the network follows the image size (`default_network`)
 # RunConfig fields a resumed run may change: the budget, evaluation, output and device settings. Every other
 # setting shapes the trained weights, so a resume with another value is refused (`check_run_config`).
 RESUMABLE_CHANGES = ("model_dir", "max_iteration", "epochs", "eval_freq", "val_batch_size", "strategy", "tpu",
@@ -101,7 +101,7 @@ def resolve(run_cfg, data, replicas=1, dataset=None):
         raise ValueError(f"--batch_size={run_cfg.batch_size}" + (f" x {replicas} replicas" if replicas > 1 else "")
                          + f" is more than the {len(data.train_labels)} training examples; lower --batch_size")
     defaults = DATASET_DEFAULTS.get(data.name if dataset is None else dataset, GENERIC_DEFAULTS)
-    network = run_cfg.network or defaults["network"]
+    network = run_cfg.network or defaults.get("network") or default_network(data.image_shape)
     iter_epoch = steps_per_epoch(data, run_cfg, replicas)
     if run_cfg.max_iteration is not None:
         max_iteration = run_cfg.max_iteration
@@ -112,6 +112,14 @@ def resolve(run_cfg, data, replicas=1, dataset=None):
     return dataclasses.replace(run_cfg, network=network, max_iteration=max_iteration,
                                eval_freq=min(run_cfg.eval_freq or iter_epoch, max_iteration),
                                decay_steps=run_cfg.decay_steps or iter_epoch), iter_epoch
+
+
+def default_network(image_shape):
+    """The network for images of `image_shape` (H, W, C) when --network is not given: the digits CNN up to 16
+    pixels (a WRN-28-10 on 8x8 images is slow and gains nothing), the paper's CIFAR network (WRN-28-10) up to 64,
+    and its WebVision / Food-101N network (ResNet-50) above."""
+    side = min(image_shape[:2])
+    return "small_cnn" if side <= 16 else "wrn28-10" if side <= 64 else "resnet50"
 
 
 def steps_per_epoch(data, run_cfg, replicas=1):

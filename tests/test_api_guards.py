@@ -138,3 +138,18 @@ def test_monitors_that_need_true_labels_read_nan_where_none_is_known():
         assert np.isnan(history[name][-1]), (name, history[name])
     for name in ("loss", "train_acc", "probe_loss", "omega_max"):
         assert np.isfinite(history[name][-1]), (name, history[name])
+
+
+@pytest.mark.parametrize("built, named", [(dict(num_train_examples=32), "num_train_examples"),
+                                          (dict(meta_every=2), "meta_every")])
+def test_load_weights_from_a_trainer_built_otherwise_names_the_setting(tmp_path, built, named):
+    path = str(tmp_path / "t.weights.h5")
+    saver = IEGTrainer(tinydata.mlp(), 4, TrainerConfig(method="ieg"), num_train_examples=64)
+    saver.compile(optimizer=TF1Momentum(0.1))
+    saver.save_weights(path)
+    loader = IEGTrainer(tinydata.mlp(), 4, TrainerConfig(method="ieg", meta_every=built.get("meta_every", 1)),
+                        num_train_examples=built.get("num_train_examples", 64))
+    loader.compile(optimizer=TF1Momentum(0.1))
+    with pytest.raises(ValueError, match=f"was saved by a trainer built with another {named} .* build the "
+                                         "IEGTrainer as the one that saved the file"):
+        loader.load_weights(path)

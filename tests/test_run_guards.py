@@ -75,12 +75,19 @@ def test_a_cosine_one_run_refuses_another_length_on_resume_and_older_run_configs
     assert train.COSINE_LENGTH not in train.run_settings(sgdr, TrainerConfig(), 1)["run"]
 
 
-def test_defaults_follow_the_kind_of_data_not_its_name():
+def test_defaults_follow_the_kind_of_data_not_its_name_and_the_network_the_image_size():
     data = dataclasses.replace(_data(), name="digits")  # e.g. --dataset=arrays --array_file=digits.npz
     unset = dataclasses.replace(TINY, network=None, max_iteration=None)
-    assert train.resolve(unset, data, dataset="arrays")[0].network == train.GENERIC_DEFAULTS["network"]
-    assert train.resolve(unset, data, dataset="digits")[0].network == "small_cnn"
+    resolved, iter_epoch = train.resolve(unset, data, dataset="arrays")
+    assert resolved.max_iteration == train.GENERIC_DEFAULTS["epochs"] * iter_epoch == 200 * 3
+    assert train.resolve(unset, data, dataset="digits")[0].max_iteration == 1246
     assert train.resolve(unset, data)[0].max_iteration == 1246  # data built in Python: by name
+    for shape, network in (((8, 8, 1), "small_cnn"), ((16, 20, 3), "small_cnn"), ((32, 32, 3), "wrn28-10"),
+                           ((64, 64, 3), "wrn28-10"), ((224, 224, 3), "resnet50")):
+        sized = dataclasses.replace(data, name="mine", image_shape=shape)
+        assert train.resolve(unset, sized, dataset="folder")[0].network == network, shape
+    assert train.resolve(unset, dataclasses.replace(data, image_shape=(32, 32, 3)), dataset="digits")[0].network \
+        == "small_cnn"  # a data set's own default network wins
 
 
 def test_a_worker_does_not_write_the_run_config():
