@@ -44,8 +44,8 @@ flags.DEFINE_string("image_root", None, "dataset=list: directory the list paths 
 flags.DEFINE_integer("image_size", None, "folder/list: resize to this size (<= 64 decoded at load).",
                      lower_bound=1)
 flags.DEFINE_bool("skip_bad_images", False, "folder/list: skip unreadable images (counted) instead of stopping.")
-flags.DEFINE_integer("num_classes", None, "dataset=list/arrays: the number of classes, where the highest class id "
-                     "has no training label (default: the highest label + 1).", lower_bound=1)
+flags.DEFINE_integer("num_classes", None, "dataset=list/arrays: the number of classes, to check the labels "
+                     "against (default: the highest label + 1, which a stray label inflates).", lower_bound=1)
 flags.DEFINE_string("array_file", None, "dataset=arrays: .npz with train_images, train_labels, test_images, "
                     "test_labels [, probe_images, probe_labels] [, class_names]; images uint8 [N, H, W, C].")
 
