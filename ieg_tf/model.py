@@ -574,7 +574,7 @@ class IEGTrainer(keras.Model):
         check_replica_batch(data, self.distribute_strategy.num_replicas_in_sync)
         spec = getattr(data, "element_spec", None)
         if isinstance(spec, dict):
-            for key in ("weak", "strong", "probe_image"):
+            for key in IMAGE_KEYS:
                 if key in spec:
                     check_image_shape(spec[key].shape, self.network, f"training images '{key}'")
         _check_stream_start(data, int(self.optimizer.iterations.numpy()) if self.optimizer is not None else 0)
@@ -631,12 +631,12 @@ class IEGTrainer(keras.Model):
         try:
             return super().load_weights(filepath, *args, **kwargs)
         except ValueError as error:
-            built = {"example_stats": f"num_train_examples={self.num_train_examples}",
-                     "meta_cache": f"meta_every={self.config.meta_every}"}
-            for layer, setting in built.items():
+            built = {"example_stats": ("num_train_examples", self.num_train_examples),
+                     "meta_cache": ("meta_every", self.config.meta_every)}
+            for layer, (setting, value) in built.items():
                 if f"'{layer}'" in str(error):
-                    raise ValueError(f"{filepath} was saved by a trainer built with another {setting.split('=')[0]} "
-                                     f"(its {layer} variables do not fit this trainer's, built with {setting}): build "
+                    raise ValueError(f"{filepath} was saved by a trainer built with another {setting} (its {layer} "
+                                     f"variables do not fit this trainer's, built with {setting}={value}): build "
                                      "the IEGTrainer as the one that saved the file (the same network, num_classes, "
                                      "num_train_examples and TrainerConfig)") from None
             raise
