@@ -294,6 +294,17 @@ def fit_callbacks(run_cfg, chief, saver, history):
 MAX_SKIPPED_IN_A_ROW = 200
 
 
+def _progress_verbosity(chief):
+    """Keras' `verbose`: a progress bar on a terminal, one line per epoch in a log file, nothing off the chief.
+
+    Keras redraws its bar with carriage returns after every step; written to a file or a pipe, that is one
+    unbroken line of every step's metrics per epoch.
+    """
+    if not chief:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
 def _fit(trainer, strategy, data, run_cfg, history, saver):
     """Trains from the restored state to max_iteration steps, evaluating and saving every eval_freq batches.
 
@@ -313,7 +324,7 @@ def _fit(trainer, strategy, data, run_cfg, history, saver):
         first_epoch = batches // run_cfg.eval_freq
         common = dict(epochs=first_epoch + -(-(run_cfg.max_iteration - step) // run_cfg.eval_freq),
                       steps_per_epoch=run_cfg.eval_freq, initial_epoch=first_epoch, callbacks=callbacks,
-                      verbose=1 if distribute.is_chief(strategy) else 0)
+                      verbose=_progress_verbosity(distribute.is_chief(strategy)))
         options = input_options(trainer.config, run_cfg, batches)
         if multi_worker:
             train_ds = pipeline.distributed_train_dataset(strategy, data, run_cfg.batch_size * replicas, **options)

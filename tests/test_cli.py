@@ -46,6 +46,9 @@ def test_run_writes_results_report_plots_split_and_prints_the_summary_last(ieg_r
     assert results["best_test_accuracy"] >= results["test_accuracy"]
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("ieg_tf result:") and "test_accuracy=" in last and "steps=6" in last
+    # written to a pipe, progress is one line per epoch (Keras' verbose=2), not a bar redrawn after every step
+    assert "\r" not in out.stdout and "\x08" not in out.stdout
+    assert len([line for line in out.stdout.splitlines() if "val_accuracy" in line]) == 2
     with open(os.path.join(model_dir, "label_issues.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == results["train_examples"]
