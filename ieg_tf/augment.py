@@ -5,9 +5,10 @@ weak batch again. Both are pure functions of their inputs and the stateless seed
 they run in `tf.data` `map` on batches and give the same output for the same seed.
 
 Kinds:
-* "cifar" (32x32, the reference): weak = zero-pad 4 (black), random 32x32 crop (offsets 0..8), flip. Strong = one of
-  the 95 CIFAR AutoAugment sub-policies per image with the PIL release's magnitudes, then zero-pad 4 (0 is mid-grey
-  in [-1, 1]) and crop with offsets 0..7 (SPEC 8.9), flip, and a 16x16 cutout clipped at the border, filled with 0.
+* "cifar" (32x32, the reference): weak = zero-pad 2 (black; `cifar_process` pads to 36x36), random 32x32 crop
+  (offsets 0..4), flip. Strong, on top of the weak view = one of the 95 CIFAR AutoAugment sub-policies per image
+  with the PIL release's magnitudes, then zero-pad 4 (0 is mid-grey in [-1, 1]) and crop with offsets 0..7
+  (SPEC 8.9), flip, and a 16x16 cutout clipped at the border, filled with 0.
   `policy="randaug"`: two ops and levels shared by the batch instead (autoaugment.randaugment).
 * "small" (8x8 grey digits; this project's choice, not in the reference): pad 1 (crop offsets 0..2 weak, 0..1
   strong), no flip (a mirrored digit is another symbol or none), cutout 4. In the policies, translations and the
@@ -39,8 +40,10 @@ from ieg_tf.config import check_affine
 
 KINDS = ("cifar", "small", "imagenet")
 POLICIES = ("autoaug", "randaug", "none")
-_DEFAULTS = {"cifar": dict(pad=4, flip=True, cutout=16), "small": dict(pad=1, flip=False, cutout=4),
-             "imagenet": dict(pad=0, flip=True, cutout=16)}
+# weak_pad: the weak view's padding before its crop; pad: the strong view's (the reference's zero_pad_and_crop).
+_DEFAULTS = {"cifar": dict(weak_pad=2, pad=4, flip=True, cutout=16),
+             "small": dict(weak_pad=1, pad=1, flip=False, cutout=4),
+             "imagenet": dict(weak_pad=0, pad=0, flip=True, cutout=16)}
 
 
 def to_float(images_uint8):
@@ -197,7 +200,9 @@ class Augmenter:
     """Weak and strong views for one kind of data (see the module docstring).
 
     Args:
-      pad: pixels of padding before the random crop; None = the kind's default (cifar 4, small 1, imagenet 0).
+      pad: pixels of padding before the strong view's random crop; None = the kind's default (cifar 4, small 1,
+        imagenet 0).
+      weak_pad: the same for the weak view; None = the kind's default (cifar 2, small 1, imagenet 0).
       flip: random horizontal flip; None = the kind's default (False for "small").
       cutout: side of the final cutout square of the strong view (0 = none); None = default (16, 4, 16).
       policy: "autoaug" (per-image sub-policy), "randaug" (shared ops) or "none" (crop, flip, cutout only).
@@ -207,23 +212,26 @@ class Augmenter:
     """
 
     def __init__(self, pad=None, flip=None, cutout=None, policy="autoaug", kind="cifar", inception_crop=True,
-                 probe_affine=None):
+                 probe_affine=None, weak_pad=None):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
         defaults = _DEFAULTS[kind]
         self.pad = defaults["pad"] if pad is None else int(pad)
+        self.weak_pad = defaults["weak_pad"] if weak_pad is None else int(weak_pad)
         self.flip = defaults["flip"] if flip is None else bool(flip)
         self.cutout = defaults["cutout"] if cutout is None else int(cutout)
-        if self.pad < 0 or self.cutout < 0:
-            raise ValueError(f"pad and cutout must be >= 0, got pad={self.pad}, cutout={self.cutout}")
+        if min(self.pad, self.weak_pad, self.cutout) < 0:
+            raise ValueError(f"pad, weak_pad and cutout must be >= 0, got pad={self.pad}, weak_pad={self.weak_pad}, "
+                             f"cutout={self.cutout}")
         self.policy, self.kind = policy, kind
         self.inception_crop = kind == "imagenet" and inception_crop
         self.probe_affine = check_affine(probe_affine)
 
     def __repr__(self):
-        return (f"Augmenter(pad={self.pad}, flip={self.flip}, cutout={self.cutout}, policy={self.policy!r}, "
+        return (f"Augmenter(pad={self.pad}, weak_pad={self.weak_pad}, flip={self.flip}, cutout={self.cutout}, "
+                f"policy={self.policy!r}, "
                 f"kind={self.kind!r}, inception_crop={self.inception_crop}, probe_affine={self.probe_affine})")
 
     @staticmethod
@@ -251,9 +259,9 @@ class Augmenter:
         if self.inception_crop:
             shape = tf.shape(x)
             x = resize_boxes(x, _inception_boxes(shape[1], shape[2], shape[0], crop_seed), shape[1], shape[2])
-        if self.pad or self.flip:
-            # The reference's tf.image.random_crop of the padded image: offsets 0..2 * pad.
-            x = crop_and_flip(x, self.pad, 2 * self.pad, self.flip, flip_seed)
+        if self.weak_pad or self.flip:
+            # The reference's tf.image.random_crop of the padded image: offsets 0..2 * weak_pad.
+            x = crop_and_flip(x, self.weak_pad, 2 * self.weak_pad, self.flip, flip_seed)
         return to_float(x)
 
     def strong(self, weak_images, seed):

@@ -184,14 +184,17 @@ def test_views_dtype_shape_range_and_determinism(kind, shape, policy):
 
 
 def test_kind_defaults():
-    assert (augment.augmenter_for("cifar").pad, augment.augmenter_for("cifar").cutout) == (4, 16)
+    cifar = augment.augmenter_for("cifar")
+    assert (cifar.weak_pad, cifar.pad, cifar.cutout) == (2, 4, 16)
     small = augment.augmenter_for("small")
-    assert (small.pad, small.flip, small.cutout) == (1, False, 4)
+    assert (small.weak_pad, small.pad, small.flip, small.cutout) == (1, 1, False, 4)
     assert augment.augmenter_for("imagenet").inception_crop
 
 
-def test_weak_crop_offsets_0_to_8_and_strong_0_to_7():
-    # Column values 1..32 reveal each image's horizontal shift; pad 4 means shift = 4 - offset.
+def test_weak_crop_offsets_0_to_4_and_strong_0_to_7():
+    # Column values 1..32 reveal each image's horizontal shift, shift = pad - offset. The weak view is the
+    # reference's cifar_process (pad to 36x36, random 32x32 crop: 5 shifts); the strong view its
+    # zero_pad_and_crop (pad 4, offsets randint(0, 8) = 0..7: 8 shifts, SPEC 8.9).
     img = np.tile(np.arange(1, 33, dtype=np.uint8)[None, :, None], (400, 32, 1, 1))
     aug = augment.Augmenter(flip=False, cutout=0, policy="none")
 
@@ -200,7 +203,9 @@ def test_weak_crop_offsets_0_to_8_and_strong_0_to_7():
         return {int(np.median(r[r > 0] - np.arange(1, 33)[r > 0])) for r in row}
 
     weak = aug.weak(img, SEED).numpy()
-    assert shifts(weak) == set(range(-4, 5))
+    assert shifts(weak) == set(range(-2, 3))
+    probe = aug.probe(img, SEED).numpy()      # the probe images take the weak view
+    assert shifts(probe) == set(range(-2, 3))
     strong = aug.strong(augment.to_float(img), SEED).numpy()
     assert shifts(np.where(strong == 0, -1.0, strong)) == set(range(-4, 4))            # never +4 (SPEC 8.9)
 
