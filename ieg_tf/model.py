@@ -13,6 +13,7 @@ Methods `l2r` and `supervised` share the same inputs, optimizer, EMA and evaluat
 import dataclasses
 import math
 import typing
+import warnings
 
 import keras
 import numpy as np
@@ -184,8 +185,8 @@ class IEGTrainer(keras.Model):
         if self.meta_cache is not None:  # before `apply`, which advances the iteration that says "solved"
             self.meta_cache.update(data["id"], *step.per_example[:2], self.optimizer.iterations, kept=kept)
         self.optimizer.apply(grads, self.network.trainable_variables)
-        self.commit_state(step.state)
-        self.update_ema()
+        self.commit_state(step.state, kept)
+        self.update_ema(kept)
         if self.example_stats is not None and step.per_example is not None:
             self.example_stats.update(data["id"], *step.per_example, kept=kept)
         # Out-of-range values make the logged loss NaN, so `StopOnNonFiniteLoss` stops the run at this step even
@@ -447,12 +448,13 @@ class IEGTrainer(keras.Model):
         check_logits_size(z, self.num_classes)
         return losses.full_precision(z), state
 
-    def commit_state(self, state):
-        """Assigns the weak-view forward's BN statistics, averaged over replicas.
+    def commit_state(self, state, kept=None):
+        """Assigns the weak-view forward's BN statistics, averaged over replicas; not on a skipped step.
 
         Keras creates BN moving variables without a replica aggregation, so under a strategy each replica would
         keep its own copy and a checkpoint would hold replica 0's. The explicit mean keeps replicas identical; with
-        one replica it is the plain update.
+        one replica it is the plain update. `kept` False (an overflowed mixed_float16 step, `_overflow_guard`)
+        keeps the old values: the float16 forward that overflowed may have left inf in the batch statistics.
         """
         context = tf.distribute.get_replica_context()
         for variable, value in zip(self.network.non_trainable_variables, state):
@@ -460,6 +462,8 @@ class IEGTrainer(keras.Model):
                 continue
             if context is not None and context.num_replicas_in_sync > 1 and value.dtype.is_floating:
                 value = context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+            if kept is not None:
+                value = tf.where(kept, value, variable)
             variable.assign(value)
 
     def _meta_logs(self, m, y, true):
@@ -506,9 +510,13 @@ class IEGTrainer(keras.Model):
         cfg = self.config
         return cfg.weight_decay if cfg.probe_weight_decay is None else cfg.probe_weight_decay
 
-    def update_ema(self):
+    def update_ema(self, kept=None):
+        """shadow <- d * shadow + (1 - d) * weight after the update; a skipped step (`kept` False) moves nothing:
+        its weights did not change and its iteration did not advance, so the same pull would be counted twice."""
         self.check_ema_matches_network()
         decay = ema_decay(self.optimizer.iterations, self.config.ema_decay)
+        if kept is not None:
+            decay = tf.where(kept, decay, tf.ones_like(decay))
         for shadow, variable in zip(self.ema_weights, self.network.trainable_variables):
             shadow.assign(decay * shadow + (1.0 - decay) * tf.cast(variable, shadow.dtype))
 
@@ -663,8 +671,21 @@ class IEGTrainer(keras.Model):
         self.check_ema_matches_network()
         super().compile(optimizer=optimizer if optimizer is not None else TF1Momentum(0.1), **kwargs)
         self.optimizer.build(self.network.trainable_variables)
+        self._warn_look_ahead_without_momentum()
         if self.jit_compile:
             self._check_xla_second_order()
+
+    def _warn_look_ahead_without_momentum(self):
+        """Warns when meta_momentum > 0 cannot be honoured: the look-ahead θ′ = θ − η(μa + ∇) reads the
+        optimizer's lr-free momentum accumulator a (SPEC 1.6.4), which only `accumulator(variable)` optimizers
+        (ieg_tf.optim.TF1Momentum) expose; with another optimizer it is the plain step θ − η∇."""
+        if self.config.method == "supervised" or not self.config.meta_momentum:
+            return
+        if getattr(self.base_optimizer, "accumulator", None) is None:
+            warnings.warn(f"{type(self.base_optimizer).__name__} has no momentum accumulator that the meta step can "
+                          f"read, so its look-ahead ignores meta_momentum={self.config.meta_momentum} and takes a "
+                          "plain SGD step; compile with ieg_tf.optim.TF1Momentum (the reference), or set "
+                          "TrainerConfig(meta_momentum=0.0) to say that this is intended", stacklevel=3)
 
     def _check_xla_second_order(self):
         """Raises ValueError for 16-bit max pooling in an XLA-compiled meta step: XLA registers MaxPoolGradGrad

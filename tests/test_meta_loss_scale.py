@@ -156,13 +156,18 @@ def test_an_overflowed_step_is_skipped_lowers_the_scale_and_records_nothing(meth
     trainer.compile(optimizer=keras.optimizers.LossScaleOptimizer(TF1Momentum(0.1), initial_scale=2.0 ** 100),
                     jit_compile=False)
     assert float(trainer._loss_scale()) == 2.0 ** 100  # the meta step reads the optimizer's current scale
-    before = [v.numpy() for v in trainer.network.trainable_variables]
+    # weights, BN moving statistics and EMA shadows: a skipped step changes none of them
+    state = [*trainer.network.trainable_variables, *trainer.network.non_trainable_variables, *trainer.ema_weights]
+    assert any("moving" in v.path for v in state)
+    for shadow in trainer.ema_weights:  # shadows away from the weights, so an EMA pull would show
+        shadow.assign(shadow + 1.0)
+    before = [v.numpy() for v in state]
     logs = trainer.train_on_batch(batch, return_dict=True)
     assert np.isfinite(logs["loss"]), logs  # omega* stayed finite: NaN would stop the run as diverged
     assert float(trainer.optimizer.dynamic_scale) == 2.0 ** 99
     assert int(trainer.optimizer.iterations) == 0
-    for variable, value in zip(trainer.network.trainable_variables, before):
-        np.testing.assert_array_equal(variable.numpy(), value)
+    for variable, value in zip(state, before):
+        np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
     np.testing.assert_array_equal(trainer.example_stats.visits.numpy(), 0.0)
     assert np.isnan(logs["probe_loss"])  # no weight: the step solved nothing, so it has no probe loss to report
     for _ in range(3):  # once the scale has come down, steps apply and are recorded
@@ -170,6 +175,8 @@ def test_an_overflowed_step_is_skipped_lowers_the_scale_and_records_nothing(meth
         logs = trainer.train_on_batch(batch, return_dict=True)
     assert int(trainer.optimizer.iterations) == 3 and np.isfinite(logs["loss"])
     assert float(trainer.example_stats.visits.numpy().sum()) == 3 * 16
+    moved = [not np.array_equal(v.numpy(), value) for v, value in zip(state, before)]
+    assert all(moved[len(trainer.network.trainable_variables):]), moved  # the applied steps did move them
 
 
 def test_float32_trainers_have_no_loss_scale():

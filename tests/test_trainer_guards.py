@@ -131,6 +131,25 @@ def test_keras_arguments_the_trainer_would_ignore_are_refused():
     assert int(trainer.optimizer.iterations) == 0
 
 
+def test_an_optimizer_without_a_momentum_accumulator_warns_that_the_look_ahead_drops_meta_momentum(recwarn):
+    def compile_with(optimizer, method="ieg", **config):
+        trainer = IEGTrainer(tinydata.mlp(), 4, TrainerConfig(method=method, **config), num_train_examples=64)
+        trainer.compile(optimizer=optimizer, jit_compile=False)
+        return [str(w.message) for w in recwarn.list if "meta_momentum" in str(w.message)]
+
+    messages = compile_with(keras.optimizers.SGD(0.1, momentum=0.9))
+    assert len(messages) == 1 and "SGD has no momentum accumulator" in messages[0], messages
+    assert "TF1Momentum" in messages[0] and "meta_momentum=0.0" in messages[0]
+    recwarn.clear()
+    assert compile_with(keras.optimizers.Adam(1e-3), method="l2r")
+    recwarn.clear()
+    # the reference's optimizer (also under the mixed_float16 wrapper), a plain look-ahead asked for, supervised
+    assert not compile_with(TF1Momentum(0.1))
+    assert not compile_with(keras.optimizers.LossScaleOptimizer(TF1Momentum(0.1)))
+    assert not compile_with(keras.optimizers.SGD(0.1), meta_momentum=0.0)
+    assert not compile_with(keras.optimizers.Adam(1e-3), method="supervised")
+
+
 def _assert_same_trainer(loaded, trainer):
     assert isinstance(loaded, IEGTrainer)
     assert (loaded.num_classes, loaded.config, loaded.num_train_examples) == (4, trainer.config, 64)
