@@ -19,6 +19,9 @@ import tensorflow as tf
 
 from ieg_tf import pipeline
 
+# Methods whose per-example statistics can flag a label: ieg's lambda* votes for the guess. l2r has omega* but no
+# guessed labels to vote for, supervised neither; their reports suggest labels and flag none, precision/recall None.
+FLAGGING_METHODS = ("ieg",)
 COLUMNS = ("id", "given_label", "suggested_label", "omega_mean", "pseudo_fraction", "visits",
            "label_believed_wrong")
 
@@ -175,9 +178,13 @@ def report_for(trainer, data, batch_size=256, *, omega_threshold=None, pseudo_th
     predicted = None
     if stats["guess_sum"] is None or np.any(stats["visits"] == 0):
         predicted = split_probabilities(trainer, data, batch_size)
-    return label_issues(stats, data.train_labels, true_labels=data.train_true_labels, ids=data.train_ids,
-                        predicted=predicted, omega_threshold=omega_threshold, pseudo_threshold=pseudo_threshold,
-                        paths=getattr(data, "train_paths", None))
+    issues = label_issues(stats, data.train_labels, true_labels=data.train_true_labels, ids=data.train_ids,
+                          predicted=predicted, omega_threshold=omega_threshold, pseudo_threshold=pseudo_threshold,
+                          paths=getattr(data, "train_paths", None))
+    if trainer.config.method not in FLAGGING_METHODS:
+        # Nothing can be flagged (no lambda* votes), so a recall of 0.0 would read as a measured miss.
+        issues = dataclasses.replace(issues, precision=None, recall=None)
+    return issues
 
 
 def split_probabilities(trainer, data, batch_size=256, split="train"):

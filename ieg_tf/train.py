@@ -199,7 +199,10 @@ def run(run_cfg: RunConfig, trainer_cfg: TrainerConfig, data_spec=None, data=Non
     """
     check_writable(run_cfg.model_dir)
     if run_cfg.export_dir:  # an unwritable export directory fails now, not after the training
-        check_writable(run_cfg.export_dir, "--export_dir")
+        # Its parent, not the directory: the SavedModel is written beside it and renamed into place at the end,
+        # so a server watching the parent never sees an empty or half-written version (export.export_serving).
+        export_dir = export.check_export_dir(run_cfg.export_dir)
+        check_writable(os.path.dirname(export_dir) or ".", f"--export_dir {export_dir}: its parent")
     if run_cfg.network:
         networks.get_spec(run_cfg.network)  # an unknown name fails before the data are read
     data = data if data is not None else datasets.load_dataset(data_spec)

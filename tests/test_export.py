@@ -222,3 +222,68 @@ def test_file_data_bytes_get_the_evaluation_centre_crop(tmp_path):
     np.testing.assert_allclose(got["probabilities"].numpy(), expected, atol=1e-5)
     np.testing.assert_array_equal(got["classes"].numpy(), np.argmax(expected, axis=1))
     assert [n.decode() for n in got["class_names"].numpy()] == [NAMES[k] for k in np.argmax(expected, axis=1)]
+
+
+def _pooling_net():
+    """A convolution and global pooling: it runs on any image size, as the built-in networks do."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(SHAPE)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(C)(keras.layers.GlobalAveragePooling2D()(x)))
+
+
+def test_requests_of_another_shape_are_refused_naming_the_shape_the_model_takes(tmp_path):
+    """A loaded signature does not check its input's shape: a pooling network returned predictions for any image
+    size, and an image without its batch axis aborted the whole process in oneDNN's convolution."""
+    trainer = _random_ema_trainer(_pooling_net())
+    serve = tf.saved_model.load(export_serving(trainer, str(tmp_path / "s"), image_shape=SHAPE))
+    serve = serve.signatures["serving_default"]
+    assert serve(images=tf.constant(_images(n=2)))["probabilities"].shape == (2, C)
+    for images, shown in ((_images(n=2, shape=(6, 6, 1)), r"\[2 6 6 1\]"), (_images(n=1)[0], r"\[4 4 1\]"),
+                          (_images(n=2, shape=(4, 4, 3)), r"\[2 4 4 3\]"),
+                          (_images(n=2, shape=(4, 4, 1, 1)), r"\[2 4 4 1 1\]")):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=rf"images has shape {shown} but this model takes a batch of 4x4x1 images"):
+            serve(images=tf.constant(images))
+
+
+def test_empty_requests_get_empty_outputs(trained, tmp_path):
+    loaded = tf.saved_model.load(export_serving(_random_ema_trainer(_pooling_net()), str(tmp_path / "e"),
+                                                image_shape=SHAPE, class_names=NAMES))
+    for name, request in (("serving_default", {"images": tf.zeros([0, *SHAPE], tf.uint8)}),
+                          ("serving_bytes", {"image_bytes": tf.constant([], tf.string)})):
+        out = loaded.signatures[name](**request)
+        assert out["probabilities"].shape == (0, C) and out["classes"].shape == (0,), name
+        assert out["class_names"].shape == (0,), name
+
+
+def test_float_exports_refuse_unscaled_pixels_and_bytes_must_be_a_list(trained, tmp_path):
+    trainer, images = trained
+    loaded = tf.saved_model.load(export_serving(trainer, str(tmp_path / "f"), image_shape=SHAPE,
+                                                input_dtype=tf.float32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"images hold values up to 255 but this model takes "
+                                                             r"float images scaled to \[-1, 1\]"):
+        loaded.signatures["serving_default"](images=tf.constant(images.astype(np.float32)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"image_bytes must be a list of encoded images"):
+        loaded.signatures["serving_bytes"](image_bytes=tf.constant(_encoded(images[0])))
+
+
+def test_an_export_replaces_the_last_one_in_place_and_refuses_a_directory_of_other_files(trained, tmp_path):
+    """TF Serving loads each numbered version it finds: the version directory appears complete or not at all
+    (written beside it, renamed), and an export into it again replaces it, leaving no stale file or sibling."""
+    trainer, images = trained
+    target = tmp_path / "models" / "1"
+    export_serving(trainer, str(target), image_shape=SHAPE)
+    (target / "assets" / "stale.txt").parent.mkdir(exist_ok=True)
+    (target / "assets" / "stale.txt").write_text("from an older export")
+    export_serving(trainer, str(target) + "/", image_shape=SHAPE, class_names=NAMES)
+    assert os.listdir(tmp_path / "models") == ["1"]
+    assert not (target / "assets" / "stale.txt").exists()
+    out = tf.saved_model.load(str(target)).signatures["serving_default"](images=tf.constant(images))
+    assert "class_names" in out  # the second export's
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "readme.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds files that are not a SavedModel"):
+        export_serving(trainer, str(other), image_shape=SHAPE)
+    assert os.listdir(other) == ["readme.txt"] and sorted(os.listdir(tmp_path)) == ["models", "notes"]

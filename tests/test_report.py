@@ -132,12 +132,12 @@ def test_reading_a_foreign_csv_raises_value_error(tmp_path):
 SHAPE, N = (4, 4, 1), 10
 
 
-def _trainer(num_train_examples=N):
+def _trainer(num_train_examples=N, method="ieg"):
     keras.utils.set_random_seed(1)
     inputs = keras.Input(SHAPE)
     x = keras.layers.Dense(8, activation="tanh")(keras.layers.Flatten()(inputs))
     net = keras.Model(inputs, keras.layers.Dense(C)(x))
-    trainer = IEGTrainer(net, C, TrainerConfig(), num_train_examples=num_train_examples)
+    trainer = IEGTrainer(net, C, TrainerConfig(method=method), num_train_examples=num_train_examples)
     rng = np.random.default_rng(3)
     for shadow in trainer.ema_weights:  # EMA values distinct from the live weights
         shadow.assign(rng.normal(size=shadow.shape).astype(np.float32))
@@ -183,6 +183,17 @@ def test_report_for_uses_ema_predictions_when_guesses_are_not_kept(monkeypatch):
     np.testing.assert_allclose(issues.omega_mean, 0.01)
     np.testing.assert_array_equal(issues.true_label, data.train_true_labels)
     assert issues.recall == pytest.approx(np.mean(issues.label_believed_wrong))  # every given label is wrong
+
+
+@pytest.mark.parametrize("method", ["supervised", "l2r"])
+def test_methods_that_cannot_flag_report_no_precision_or_recall(method):
+    """Neither has lambda* votes, so nothing is ever flagged; a recall of 0.0 read as a measured miss."""
+    trainer = _trainer(method=method)
+    data = _data()
+    issues = report_for(trainer, data)
+    assert not issues.label_believed_wrong.any()
+    assert issues.precision is None and issues.recall is None
+    assert report_for(_trainer(), data).recall == 0.0  # ieg, unvisited: it could flag, and flagged none
 
 
 def test_report_for_prefers_the_guesses_of_visited_examples():

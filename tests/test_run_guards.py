@@ -176,6 +176,25 @@ def test_an_unwritable_export_dir_is_refused_before_training(tmp_path):
         train.run(dataclasses.replace(TINY, model_dir=str(tmp_path / "run"), export_dir=str(blocker / "serving")),
                   TrainerConfig(method="supervised"), data=_data())
     assert not (tmp_path / "run" / "checkpoints").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not a SavedModel")
+    with pytest.raises(ValueError, match="export directory .*mine holds files that are not a SavedModel"):
+        train.run(dataclasses.replace(TINY, model_dir=str(tmp_path / "run"), export_dir=str(mine)),
+                  TrainerConfig(method="supervised"), data=_data())
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_export_dir_appears_only_when_its_savedmodel_is_complete(tmp_path, monkeypatch):
+    """A server watching --export_dir's parent loads each version directory it sees; the run's start used to create
+    it empty, and the SavedModel was written into it in place at the end."""
+    seen = []
+    real_run = train._fit
+    monkeypatch.setattr(train, "_fit", lambda *args: seen.append(os.listdir(tmp_path)) or real_run(*args))
+    train.run(dataclasses.replace(TINY, model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "1")),
+              TrainerConfig(method="supervised"), data=_data())
+    assert seen == [["run"]]  # during training: no version directory yet
+    assert sorted(os.listdir(tmp_path)) == ["1", "run"] and (tmp_path / "1" / "saved_model.pb").exists()
 
 
 def test_the_write_probe_is_unique_to_the_process(tmp_path, monkeypatch):
