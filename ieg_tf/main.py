@@ -351,8 +351,12 @@ def main(argv):
         sys.exit(2)
     except KeyboardInterrupt:
         print(flush=True)  # end the progress bar's line (stdout) so that the message starts a line of its own
-        print("ieg_tf: interrupted; run the same command again to resume from the last checkpoint in "
-              f"{FLAGS.model_dir}", file=sys.stderr)
+        if train.has_checkpoint(FLAGS.model_dir):
+            print("ieg_tf: interrupted; run the same command again to resume from the last checkpoint in "
+                  f"{FLAGS.model_dir}", file=sys.stderr)
+        else:
+            print(f"ieg_tf: interrupted before the first checkpoint in {FLAGS.model_dir}: nothing trained is kept; "
+                  "run the command again, with the same or other flags, to start over", file=sys.stderr)
         sys.exit(130)
 
 

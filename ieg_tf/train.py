@@ -141,15 +141,21 @@ def run_settings(run_cfg, trainer_cfg, replicas):
     return json.loads(json.dumps(settings))  # tuples become lists, as they come back from the file
 
 
-def check_run_config(settings, model_dir, write):
+def has_checkpoint(model_dir):
+    """Whether the run in model_dir saved a checkpoint (the chief's): one that did not has trained nothing to keep."""
+    return tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")) is not None
+
+
+def check_run_config(settings, model_dir, write, replace=False):
     """Refuses to resume a run whose saved settings (run_config.json) differ from `settings`.
 
     A run directory without the file (a fresh run, or one written before it existed) gets it when `write`
-    (the chief). Only the RESUMABLE_CHANGES may differ on resume: a changed method, batch, learning rate or seed
-    would continue the saved weights as another run, and results.json would report the new settings.
+    (the chief), as does one whose run saved no checkpoint yet when `replace`. Only the RESUMABLE_CHANGES may
+    differ on resume: a changed method, batch, learning rate or seed would continue the saved weights as another
+    run, and results.json would report the new settings.
     """
     path = os.path.join(model_dir, RUN_CONFIG_FILE)
-    if not tf.io.gfile.exists(path):
+    if not tf.io.gfile.exists(path) or replace:
         if write:
             checkpoints.write_atomically(path, json.dumps(settings, indent=2))
         return
@@ -208,8 +214,18 @@ def run(run_cfg: RunConfig, trainer_cfg: TrainerConfig, data_spec=None, data=Non
     data = data if data is not None else datasets.load_dataset(data_spec)
     split_dir = os.path.join(run_cfg.model_dir, "split")
     resuming = tf.io.gfile.exists(os.path.join(split_dir, "split.json"))
+    started = has_checkpoint(run_cfg.model_dir)
     if resuming:
-        datasets.check_split(data, split_dir)
+        try:
+            datasets.check_split(data, split_dir)
+        except ValueError:
+            if started:
+                raise
+            # A start stopped before its first checkpoint (often on purpose, to fix a flag) left only its split and
+            # settings: nothing trained is lost by starting over with the new ones.
+            print(f"ieg_tf: {run_cfg.model_dir} holds the split of a run stopped before its first checkpoint, drawn "
+                  "with other settings; starting over with these", file=sys.stderr, flush=True)
+            resuming = False
     strategy = distribute.make_strategy(run_cfg.strategy, run_cfg.tpu)
     replicas = strategy.num_replicas_in_sync
     run_cfg, iter_epoch = resolve(run_cfg, data, replicas, None if data_spec is None else data_spec.dataset)
@@ -223,7 +239,8 @@ def run(run_cfg: RunConfig, trainer_cfg: TrainerConfig, data_spec=None, data=Non
     with strategy.scope():
         trainer, schedule = build_trainer(run_cfg, trainer_cfg, data, replicas=replicas)
         trainer.compile(optimizer=optim.TF1Momentum(schedule, momentum=run_cfg.momentum), jit_compile=jit)
-    check_run_config(run_settings(run_cfg, trainer.config, replicas), run_cfg.model_dir, write=chief)
+    check_run_config(run_settings(run_cfg, trainer.config, replicas), run_cfg.model_dir, write=chief,
+                     replace=not started)
     save_dir, restore_dir = checkpoint_dirs(run_cfg.model_dir, chief, getattr(strategy, "cluster_resolver", None))
     saver = checkpoints.RunCheckpoint(trainer, save_dir, run_cfg.keep_checkpoints, restore_directory=restore_dir)
     start_step, history = saver.restore()

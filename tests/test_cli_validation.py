@@ -141,7 +141,10 @@ def test_interrupt_message_starts_a_line_of_its_own(monkeypatch, capsys, tmp_pat
         sys.stdout.write("\r 1/100 ━━━━━━ 2s 25ms/step - loss: 9.5873")  # a progress bar mid-line
         raise KeyboardInterrupt
     code, out, err = _main_exit(monkeypatch, capsys, f"--model_dir={tmp_path}", run=interrupted)
-    assert code == 130 and out.endswith("loss: 9.5873\n") and err.startswith("ieg_tf: interrupted;"), (out, err)
+    assert code == 130 and out.endswith("loss: 9.5873\n"), (out, err)
+    # no checkpoint in model_dir yet: nothing to resume, and other flags may start it over
+    assert err.startswith(f"ieg_tf: interrupted before the first checkpoint in {tmp_path}: nothing trained is kept; "
+                          "run the command again, with the same or other flags, to start over"), err
 
 
 def test_stray_positional_argument_is_one_line_not_the_help():

@@ -19,12 +19,15 @@ from ieg_tf.optim import TF1Momentum
 TINY = RunConfig(network="mlp", batch_size=16, val_batch_size=300, max_iteration=2, eval_freq=2, jit_compile=False)
 
 
-def _data(n=64):
+def _data_arrays(n=64):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8)
     labels = (np.arange(n) % 4).astype(np.int32)
-    return datasets.from_arrays(images, labels, images[:20], labels[:20], probe_per_class=1, noise_type="uniform",
-                                noise_ratio=0.5)
+    return images, labels, images[:20], labels[:20]
+
+
+def _data(n=64):
+    return datasets.from_arrays(*_data_arrays(n), probe_per_class=1, noise_type="uniform", noise_ratio=0.5)
 
 
 def test_run_settings_keep_what_shapes_the_weights_and_leave_out_the_budget():
@@ -195,6 +198,28 @@ def test_the_export_dir_appears_only_when_its_savedmodel_is_complete(tmp_path, m
               TrainerConfig(method="supervised"), data=_data())
     assert seen == [["run"]]  # during training: no version directory yet
     assert sorted(os.listdir(tmp_path)) == ["1", "run"] and (tmp_path / "1" / "saved_model.pb").exists()
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_over_with_other_settings(tmp_path, capsys):
+    """A user stops a start to fix a flag: only its split and run_config.json exist, and nothing trained is lost by
+    replacing them. Once a checkpoint exists, other settings are refused as before."""
+    model_dir = str(tmp_path / "run")
+    first = dataclasses.replace(TINY, model_dir=model_dir)
+    train.run(first, TrainerConfig(method="supervised"), data=_data())
+    tf.io.gfile.rmtree(os.path.join(model_dir, "checkpoints"))  # as if interrupted before the first checkpoint
+    other_data = datasets.from_arrays(*_data_arrays(), probe_per_class=1, noise_type="none")
+    fixed = dataclasses.replace(first, seed=7)
+    results = train.run(fixed, TrainerConfig(method="supervised"), data=other_data)
+    assert "stopped before its first checkpoint" in capsys.readouterr().err
+    assert results["noise_type"] == "none" and results["steps"] == 2
+    np.testing.assert_array_equal(datasets.load_split(os.path.join(model_dir, "split"))["noisy_labels"],
+                                  other_data.train_labels)
+    with open(os.path.join(model_dir, train.RUN_CONFIG_FILE)) as f:
+        assert json.load(f)["run"]["seed"] == 7
+    with pytest.raises(ValueError, match="data split differs"):  # now it has a checkpoint
+        train.run(fixed, TrainerConfig(method="supervised"), data=_data())
+    with pytest.raises(ValueError, match="seed 7 there, 12345 here"):
+        train.run(first, TrainerConfig(method="supervised"), data=other_data)
 
 
 def test_the_write_probe_is_unique_to_the_process(tmp_path, monkeypatch):
