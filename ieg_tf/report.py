@@ -24,6 +24,8 @@ from ieg_tf import pipeline
 FLAGGING_METHODS = ("ieg",)
 COLUMNS = ("id", "given_label", "suggested_label", "omega_mean", "pseudo_fraction", "visits",
            "label_believed_wrong")
+# The class names of given_label and suggested_label, when the data set names its classes (the last columns).
+NAME_COLUMNS = ("given_class", "suggested_class")
 
 
 @dataclasses.dataclass
@@ -46,6 +48,7 @@ class LabelIssues:
         or no known label is wrong).
       path: str [N], the image file of each example (folder / list data), or None; `id` alone cannot name a file
         there, since it indexes the training files after sorting, the held-out test split and skipped files.
+      class_names: one name per class id, or None: adds the `given_class` and `suggested_class` columns.
     """
     id: np.ndarray
     given_label: np.ndarray
@@ -58,24 +61,31 @@ class LabelIssues:
     precision: float | None
     recall: float | None
     path: np.ndarray | None = None
+    class_names: tuple | None = None
 
     def __len__(self):
         return len(self.id)
 
     def columns(self):
-        """The CSV column names: COLUMNS, then `true_label` when true labels are known, then `path` when the
-        examples are files (appended, so readers of the older columns keep working)."""
+        """The CSV column names: COLUMNS, then `true_label` when true labels are known, `path` when the examples
+        are files, and NAME_COLUMNS when the classes have names (appended, so readers of the older columns keep
+        working)."""
         return (COLUMNS + (("true_label",) if self.true_label is not None else ())
-                + (("path",) if self.path is not None else ()))
+                + (("path",) if self.path is not None else ()) + (NAME_COLUMNS if self.class_names else ()))
 
     def rows(self):
         """A list of dicts, one per example, keyed by `columns()`, with plain Python values."""
-        cells = [getattr(self, name).tolist() for name in self.columns()]
+        cells = [self._column(name).tolist() for name in self.columns()]
         return [dict(zip(self.columns(), values)) for values in zip(*cells)]
+
+    def _column(self, name):
+        if name in NAME_COLUMNS:  # given_class names given_label, suggested_class suggested_label
+            return np.asarray(self.class_names, object)[getattr(self, name.replace("_class", "_label"))]
+        return getattr(self, name)
 
 
 def label_issues(stats, given_labels, *, true_labels=None, ids=None, predicted=None, omega_threshold=None,
-                 pseudo_threshold=0.5, paths=None):
+                 pseudo_threshold=0.5, paths=None, class_names=None):
     """Builds the label-issue report from the trainer's per-example statistics.
 
     The suggested label is the argmax of the summed guessed labels g (SPEC 1.3) of a visited example when the
@@ -106,6 +116,7 @@ def label_issues(stats, given_labels, *, true_labels=None, ids=None, predicted=N
       omega_threshold: optional extra condition 4, in raw omega* units.
       pseudo_threshold: the share of visits lambda* must give to the guessed label, in [0, 1).
       paths: str [N] image file of each example (the `path` column), or None.
+      class_names: one name per class id (the `given_class` and `suggested_class` columns), or None.
 
     Returns:
       LabelIssues.
@@ -144,7 +155,11 @@ def label_issues(stats, given_labels, *, true_labels=None, ids=None, predicted=N
     if omega_threshold is not None:
         flag &= omega < omega_threshold
     precision, recall = _precision_recall(flag, given, true)
-    return LabelIssues(ids, given, suggested, omega, pseudo, visits, flag, true, precision, recall, paths)
+    names = None if class_names is None else tuple(str(name) for name in class_names)
+    if names is not None and max(int(given.max(initial=0)), int(suggested.max(initial=0))) >= len(names):
+        raise ValueError(f"class_names has {len(names)} names, but the labels go up to "
+                         f"{max(int(given.max()), int(suggested.max()))}; pass one name per class id")
+    return LabelIssues(ids, given, suggested, omega, pseudo, visits, flag, true, precision, recall, paths, names)
 
 
 def report_for(trainer, data, batch_size=256, *, omega_threshold=None, pseudo_threshold=0.5):
@@ -180,7 +195,7 @@ def report_for(trainer, data, batch_size=256, *, omega_threshold=None, pseudo_th
         predicted = split_probabilities(trainer, data, batch_size)
     issues = label_issues(stats, data.train_labels, true_labels=data.train_true_labels, ids=data.train_ids,
                           predicted=predicted, omega_threshold=omega_threshold, pseudo_threshold=pseudo_threshold,
-                          paths=getattr(data, "train_paths", None))
+                          paths=getattr(data, "train_paths", None), class_names=data.class_names)
     if trainer.config.method not in FLAGGING_METHODS:
         # Nothing can be flagged (no lambda* votes), so a recall of 0.0 would read as a measured miss.
         issues = dataclasses.replace(issues, precision=None, recall=None)
@@ -276,9 +291,10 @@ def read_label_issues_csv(path):
     with tf.io.gfile.GFile(path, "r") as f:
         reader = csv.reader(f)
         header = tuple(next(reader, ()))
-        if header not in [COLUMNS + truth + files for truth in ((), ("true_label",)) for files in ((), ("path",))]:
+        if header not in [COLUMNS + truth + files + names for truth in ((), ("true_label",))
+                          for files in ((), ("path",)) for names in ((), NAME_COLUMNS)]:
             raise ValueError(f"{path} is not a label-issue CSV: header {header}, expected {COLUMNS} "
-                             "(+ true_label) (+ path)")
+                             f"(+ true_label) (+ path) (+ {', '.join(NAME_COLUMNS)})")
         body = list(reader)
     cols = dict(zip(header, zip(*body))) if body else {name: () for name in header}
     given = np.asarray(cols["given_label"], np.int32)
@@ -291,7 +307,22 @@ def read_label_issues_csv(path):
         omega_mean=np.asarray(cols["omega_mean"], np.float32),
         pseudo_fraction=np.asarray(cols["pseudo_fraction"], np.float32),
         visits=np.asarray(cols["visits"], np.int64), label_believed_wrong=flag, true_label=true,
-        precision=precision, recall=recall, path=np.asarray(cols["path"], str) if "path" in cols else None)
+        precision=precision, recall=recall, path=np.asarray(cols["path"], str) if "path" in cols else None,
+        class_names=_names_read_back(cols))
+
+
+def _names_read_back(cols):
+    """The class names from the name columns: None without them, or when some class id 0..max appears in neither
+    label column (its name is not in the file)."""
+    if NAME_COLUMNS[0] not in cols:
+        return None
+    named = {}
+    for label, name in ((label, name) for which in ("given", "suggested")
+                        for label, name in zip(cols[f"{which}_label"], cols[f"{which}_class"])):
+        named[int(label)] = name
+    if not named or sorted(named) != list(range(max(named) + 1)):
+        return None
+    return tuple(named[k] for k in range(len(named)))
 
 
 def _precision_recall(flag, given, true):

@@ -121,6 +121,21 @@ def test_csv_round_trip(tmp_path, with_truth):
         assert back.true_label is None and back.precision is None and back.recall is None
 
 
+def test_class_names_add_named_columns_that_read_back(tmp_path):
+    names = ("cat", "dog", "fox")
+    issues = label_issues(_stats(), GIVEN, true_labels=TRUE, ids=IDS, class_names=names)
+    rows = issues.rows()
+    assert [(r["given_class"], r["suggested_class"]) for r in rows] == [
+        (names[g], names[s]) for g, s in zip(GIVEN, issues.suggested_label)]
+    path = str(tmp_path / "named.csv")
+    write_label_issues_csv(issues, path)
+    assert open(path).readline().strip() == ",".join(COLUMNS + ("true_label", "given_class", "suggested_class"))
+    back = read_label_issues_csv(path)
+    assert back.class_names == names and back.rows() == rows
+    with pytest.raises(ValueError, match="class_names has 2 names, but the labels go up to 2"):
+        label_issues(_stats(), GIVEN, class_names=names[:2])
+
+
 def test_reading_a_foreign_csv_raises_value_error(tmp_path):
     path = tmp_path / "other.csv"
     path.write_text("a,b\n1,2\n")
