@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 
@@ -18,6 +19,8 @@ DATASETS = ("digits", "cifar10", "cifar100", "folder", "list", "arrays")
 _BENCHMARKS = ("digits", "cifar10", "cifar100")  # their given labels are clean
 _SPLIT_ARRAYS = ("noisy_labels", "true_labels", "train_ids", "probe_ids", "probe_labels")
 _PATHS_FILE = "train_paths.json"  # image-file data: the training files in id order
+# A train folder / list named only by its split (train, training, train_v2, train_set): the folder above names the data.
+_SPLIT_NAME = re.compile(r"(train|training)([-_. ]?(set|data|images|files|list|split|v?\d+))?", re.IGNORECASE)
 _FILE_ORDER = ("; for image files the labels follow the training files, folder data by sorted class folder then "
                "sorted file name, list data by line, without files skipped by --skip_bad_images")
 
@@ -221,12 +224,17 @@ def load_split(directory):
 def check_split(data, directory):
     """Raises ValueError unless `data` has the labels and ids saved in `directory` (for resuming a run), the same
     training and probe images (their fingerprints) and, where the saved split names the training files
-    (image-file data), the same files in the same order."""
+    (image-file data), the same files in the same order.
+
+    The data set's name must match too, except for image-file data: their name comes from a folder or file name
+    (`file_data_name`), so a renamed folder, or a split saved when the name was the train folder's own ("train"),
+    still resumes; their files are compared instead.
+    """
     saved = load_split(directory)
     current = _split_arrays(data)
     differ = [name for name in _SPLIT_ARRAYS if (name in saved) != (current[name] is not None)
               or (name in saved and not np.array_equal(saved[name], current[name]))]
-    if differ or saved["dataset"] != data.name:
+    if differ or (saved["dataset"] != data.name and data.train_paths is None):
         raise ValueError(f"the data split differs from the one saved in {directory} ({', '.join(differ) or 'name'});"
                          " use the seed, noise and data flags of the saved run, or a new run directory")
     if "train_paths" in saved:  # splits saved before the files were kept have none: nothing to compare
@@ -311,9 +319,10 @@ def given_probe_counts(spec):
     return np.bincount(labels)
 
 
-def probe_split(labels, num_classes, per_class, seed, hint=""):
+def probe_split(labels, num_classes, per_class, seed, hint="", class_names=None):
     """Chooses `per_class` examples of each class as probe, seeded. `hint` ends the error when the short class is
-    the last one (where num_classes was inferred, a stray label may have made it).
+    the last one (where num_classes was inferred, a stray label may have made it); the error names the class by
+    its id and, when `class_names` are given, its name (a folder data set's class folder).
 
     Returns:
       (train indices ascending, probe indices in class-interleaved order c0, c1, ..., c0, c1, ...).
@@ -325,11 +334,16 @@ def probe_split(labels, num_classes, per_class, seed, hint=""):
     counts = np.bincount(labels, minlength=num_classes)
     if per_class >= counts.min():
         c = int(np.argmin(counts))
-        raise ValueError(f"probe_per_class={per_class} is too large: class {c} has only {counts[c]} training "
-                         f"examples; the maximum is {counts.min() - 1} (one must stay for training)"
+        raise ValueError(f"probe_per_class={per_class} is too large: {_class(c, class_names)} has only {counts[c]} "
+                         f"training examples; the maximum is {counts.min() - 1} (one must stay for training)"
                          f"{hint if c == num_classes - 1 else ''}")
     probe = _pick_per_class(labels, num_classes, per_class, seed)
     return np.setdiff1d(np.arange(len(labels)), probe), probe
+
+
+def _class(c, class_names):
+    """'class 3', or "class 3 ('dog')" when the names are known: the id alone does not tell which folder it is."""
+    return f"class {c}" if class_names is None else f"class {c} ({class_names[c]!r})"
 
 
 def _pick_per_class(labels, num_classes, per_class, seed):
@@ -375,7 +389,8 @@ def _build(raw, spec, given, trusted, true_known):
             raise ValueError("probe_per_class=None (--probe_per_class=all: every image of a separately given probe "
                              f"set) needs a separate probe set: {source.get(spec.dataset, 'give a number')}; or give "
                              "a number of probe images per class")
-        train_idx, probe_idx = probe_split(trusted, raw.num_classes, spec.probe_per_class, spec.seed, hint)
+        train_idx, probe_idx = probe_split(trusted, raw.num_classes, spec.probe_per_class, spec.seed, hint,
+                                           raw.class_names)
         probe_images, probe_labels, probe_ids = raw.train_images[probe_idx], trusted[probe_idx], probe_idx
     else:
         train_idx, probe_idx = np.arange(len(given)), _separate_probe(raw, spec.probe_per_class, spec.seed, hint)
@@ -424,8 +439,8 @@ def _separate_probe(raw, per_class, seed, hint=""):
     counts = np.bincount(raw.probe_labels, minlength=raw.num_classes)
     if counts.min() == 0 or (per_class is not None and per_class > counts.min()):
         c = int(np.argmin(counts))
-        raise ValueError(f"the probe set has {counts[c]} images of class {c} but probe_per_class={per_class} "
-                         f"needs at least {max(per_class or 1, 1)} of every class"
+        raise ValueError(f"the probe set has {counts[c]} images of {_class(c, raw.class_names)} but "
+                         f"probe_per_class={per_class} needs at least {max(per_class or 1, 1)} of every class"
                          f"{hint if c == raw.num_classes - 1 else ''}")
     return _pick_per_class(raw.probe_labels, raw.num_classes, per_class, seed)
 
@@ -494,6 +509,18 @@ def _check_classes(raw, trusted, hint=""):
         raise ValueError(f"{raw.name}: the test set is empty")
 
 
+def file_data_name(path):
+    """The name of folder / list data (results.json, split.json): the train folder's or list file's name (without
+    extension), or the folder above when that name only says it is the training split: /data/pets/train and
+    /data/pets/train.txt are "pets". The name also picks the asymmetric noise mapping (noise.asymmetric_mapping).
+    Splits saved under an earlier name still resume: `check_split` compares the files of such data, not the name.
+    """
+    path = os.path.normpath(os.path.abspath(path))
+    name = os.path.basename(path) if os.path.isdir(path) else os.path.splitext(os.path.basename(path))[0]
+    parent = os.path.basename(os.path.dirname(path))
+    return parent if _SPLIT_NAME.fullmatch(name) and parent else name
+
+
 def _read(spec):
     if spec.dataset == "digits":
         return sources.read_digits(spec.data_dir)
@@ -505,9 +532,8 @@ def _read(spec):
         train_paths, train_labels, names = image_files.read_folder(spec.train_dir)
         test = image_files.read_folder(spec.test_dir, names)[:2] if spec.test_dir else None
         probe = image_files.read_folder(spec.probe_dir, names)[:2] if spec.probe_dir else None
-        name = os.path.basename(os.path.normpath(spec.train_dir))
-        return image_files.image_dataset(name, (train_paths, train_labels), test, len(names), names,
-                                         spec.image_size, probe, spec.skip_bad_images)
+        return image_files.image_dataset(file_data_name(spec.train_dir), (train_paths, train_labels), test,
+                                         len(names), names, spec.image_size, probe, spec.skip_bad_images)
     if spec.dataset == "list":
         train = image_files.read_list(spec.train_list, spec.image_root, spec.num_classes or None)
         c = spec.num_classes or int(train[1].max()) + 1
@@ -515,8 +541,11 @@ def _read(spec):
                                                 "every class needs training images")
         test, probe = (image_files.read_list(path, spec.image_root, c, source) if path else None
                        for path in (spec.test_list, spec.probe_list))
-        name = os.path.splitext(os.path.basename(spec.train_list))[0]
-        raw = image_files.image_dataset(name, train, test, c, None, spec.image_size, probe, spec.skip_bad_images)
+        root = (f"--image_root={spec.image_root}: correct --image_root or the list's paths" if spec.image_root else
+                "the list file's folder, as no --image_root is given: pass --image_root=DIR, the folder the paths "
+                "start from, or correct the list's paths")
+        raw = image_files.image_dataset(file_data_name(spec.train_list), train, test, c, None, spec.image_size, probe,
+                                        spec.skip_bad_images, f"the paths of a list are taken relative to {root}")
         fix = None if spec.num_classes else "pass --num_classes (DataSpec.num_classes)"
         return dataclasses.replace(raw, num_classes_fix=fix)
     raise ValueError(f"unknown dataset {spec.dataset!r}; choose one of {', '.join(DATASETS)}")

@@ -9,7 +9,11 @@ import glob
 import os
 import pathlib
 import pickle
+import socket
 import tarfile
+import threading
+import urllib.parse
+import urllib.request
 import warnings
 
 import numpy as np
@@ -17,6 +21,8 @@ import numpy as np
 DIGITS_TEST_FRACTION = 1 / 3
 SPLIT_SEED = 0                # fixed train/test splits (digits; folder/list sets without a test split)
 _DIGITS_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "digits.npz")
+_TFDS_HOST = "www.cs.toronto.edu"  # where tensorflow-datasets downloads the CIFAR archives from
+DOWNLOAD_CHECK_SECONDS = 5.0  # the connection check before a download; tfds itself retries for minutes
 _CIFAR = {  # name: (archive, extracted folder, train members, test member, meta member, label key, names key)
     "cifar10": ("cifar-10-python.tar.gz", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
                 "test_batch", "batches.meta", b"labels", b"label_names"),
@@ -210,16 +216,31 @@ def read_cifar_tfds(name, data_dir=None, download=False):
 
     With download=False the prepared copy (<data_dir>/<name>/<version>/dataset_info.json) is looked for first,
     so a missing copy fails at once with a ValueError that says how to provide the data, instead of reaching
-    tfds' network code.
+    tfds' network code. With download=True and no prepared copy, a connection to the download host is tried first
+    (DOWNLOAD_CHECK_SECONDS): offline, tfds would retry for minutes and end in a long traceback. Any failure of
+    the download or preparation is one ValueError with its cause and the offline fixes. tfds prepares into a
+    temporary <name>/incomplete.XXXXXX_<version> folder that it renames when done and deletes on failure, and keeps
+    partial downloads as *.tmp.* files under downloads/; neither counts as a prepared copy (here or for tfds).
     """
     root = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
-    if not download and not glob.glob(os.path.join(root, name, "*", "dataset_info.json")):
-        archive = _CIFAR[name][0]
+    prepared = [p for p in glob.glob(os.path.join(root, name, "*", "dataset_info.json"))
+                if not os.path.basename(os.path.dirname(p)).startswith("incomplete.")]  # a killed preparation
+    archive = _CIFAR[name][0]
+    if not download and not prepared:
         raise ValueError(
             f"{name} not found: no {archive} (or extracted {_CIFAR[name][1]}/) in data_dir={data_dir} and no "
             f"prepared tensorflow-datasets copy under {os.path.join(root, name)}. Fix: put {archive} from "
             f"https://www.cs.toronto.edu/~kriz/cifar.html into --data_dir, point --data_dir at a prepared tfds "
             "directory, or pass --download on a machine with internet access.")
+    offline_fix = (f"connect this machine to the internet, or put {archive} from "
+                   f"https://www.cs.toronto.edu/~kriz/cifar.html into --data_dir (read without tensorflow-datasets), "
+                   f"or point --data_dir at a tensorflow-datasets directory holding {name}/<version>/"
+                   "dataset_info.json prepared with --download on a machine with internet access")
+    if download and not prepared:
+        host, port, what = _download_route(_TFDS_HOST)
+        problem = _unreachable(host, port, DOWNLOAD_CHECK_SECONDS)
+        if problem:
+            raise ValueError(f"{name}: cannot download: {what} does not answer ({problem}); {offline_fix}")
     import tensorflow_datasets as tfds
     try:
         (train, test), info = tfds.load(name, split=["train", "test"], data_dir=root, download=download,
@@ -227,6 +248,11 @@ def read_cifar_tfds(name, data_dir=None, download=False):
     except AssertionError as e:  # tfds' "could not find data in ..."
         raise ValueError(f"{name}: tensorflow-datasets could not load {root} ({e}); prepare it again with "
                          "--download or put the python archive into --data_dir") from None
+    except Exception as e:  # requests', tfds' download, checksum and extraction errors: no traceback from tfds
+        if not download:
+            raise
+        raise ValueError(f"{name}: tensorflow-datasets could not download and prepare it in {root} "
+                         f"({_one_line(e)}); {offline_fix}") from None
     train, test = _tfds_arrays(train), _tfds_arrays(test)
     class_names = list(info.features["label"].names)
     c = len(class_names)
@@ -234,6 +260,43 @@ def read_cifar_tfds(name, data_dir=None, download=False):
     return RawData(name, c, class_names, tuple(train["image"].shape[1:]), train["image"][order],
                    check_labels(train["label"][order], name, c), test["image"],
                    check_labels(test["label"], name, c), "cifar")
+
+
+def _download_route(host):
+    """(host, port, its name for messages) that an HTTPS download from `host` connects to: the https proxy of the
+    environment (HTTPS_PROXY, which tfds' requests use too) unless NO_PROXY exempts the host, else the host."""
+    proxy = urllib.request.getproxies().get("https")
+    if not proxy or urllib.request.proxy_bypass(host):
+        return host, 443, host
+    parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.hostname, port, f"the https proxy {parts.hostname}:{port} (for {host})"
+
+
+def _unreachable(host, port, seconds):
+    """None when a TCP connection to host:port opens within `seconds`, else why not, in one line.
+
+    The connection is opened in a daemon thread that is waited for `seconds` at most: a name lookup has no timeout
+    of its own and can hang far longer than that on a machine without a network.
+    """
+    outcome = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=seconds).close()
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(_one_line(e))
+    thread = threading.Thread(target=connect, name=f"connect to {host}", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return outcome[0] if outcome else f"no connection within {seconds:g} s"
+
+
+def _one_line(error, limit=300):
+    """`error` as 'Type: message' on one line, cut to `limit` characters."""
+    text = f"{type(error).__name__}: {' '.join(str(error).split())}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _tfds_arrays(ds):
