@@ -235,8 +235,9 @@ def check_split(data, directory):
     differ = [name for name in _SPLIT_ARRAYS if (name in saved) != (current[name] is not None)
               or (name in saved and not np.array_equal(saved[name], current[name]))]
     if differ or (saved["dataset"] != data.name and data.train_paths is None):
-        raise ValueError(f"the data split differs from the one saved in {directory} ({', '.join(differ) or 'name'});"
-                         " use the seed, noise and data flags of the saved run, or a new run directory")
+        raise ValueError(f"the data split differs from the one saved in {directory} ({', '.join(differ) or 'name'}"
+                         f"{_split_settings_changed(saved, data)}); use the seed, noise and data flags of the saved "
+                         "run, or a new run directory")
     if "train_paths" in saved:  # splits saved before the files were kept have none: nothing to compare
         _check_train_files(saved["train_paths"], current["train_paths"], directory)
     # Splits saved before session 14 have no fingerprints: nothing to compare.
@@ -248,6 +249,18 @@ def check_split(data, directory):
                 f"trained on (their fingerprint in {os.path.join(directory, 'split.json')}), while their labels "
                 "match, so resuming would continue its training on other images; restore the data the run started "
                 "with, or use a new run directory")
+
+
+def _split_settings_changed(saved, data):
+    """What split.json says the saved run's data were, against `data`, for the message of a changed split: the
+    flags to fix, where they show (the seeds and the probe images drawn are not in split.json)."""
+    now = {"dataset": data.name, "num_classes": data.num_classes, "noise_type": data.noise_type,
+           "noise_ratio": data.noise_ratio, "num_train": len(data.train_labels), "num_probe": len(data.probe_labels),
+           "num_test": len(data.test_labels)}
+    changed = [f"{name} {saved[name]!r} there, {value!r} here" for name, value in now.items()
+               if name in saved and saved[name] != value]
+    return f": {'; '.join(changed)}" if changed else (": the same noise and sizes: another --seed or --data_seed, "
+                                                    "or other labels in the data")
 
 
 def _split_arrays(data):

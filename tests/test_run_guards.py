@@ -216,8 +216,13 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_over_with_other_settin
                                   other_data.train_labels)
     with open(os.path.join(model_dir, train.RUN_CONFIG_FILE)) as f:
         assert json.load(f)["run"]["seed"] == 7
-    with pytest.raises(ValueError, match="data split differs"):  # now it has a checkpoint
+    # now it has a checkpoint: refused, naming what the saved split was drawn with
+    with pytest.raises(ValueError, match=r"data split differs .*noise_type 'none' there, 'uniform' here; "
+                                         r"noise_ratio 0.0 there, 0.5 here\); use the seed, noise and data flags"):
         train.run(fixed, TrainerConfig(method="supervised"), data=_data())
+    reseeded = datasets.from_arrays(*_data_arrays(), probe_per_class=1, noise_type="none", seed=3)
+    with pytest.raises(ValueError, match="the same noise and sizes: another --seed or --data_seed"):
+        train.run(fixed, TrainerConfig(method="supervised"), data=reseeded)
     with pytest.raises(ValueError, match="seed 7 there, 12345 here"):
         train.run(first, TrainerConfig(method="supervised"), data=other_data)
 
