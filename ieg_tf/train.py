@@ -203,6 +203,18 @@ def run(run_cfg: RunConfig, trainer_cfg: TrainerConfig, data_spec=None, data=Non
     Returns:
       The results dict also written to results.json.
     """
+    fresh = not tf.io.gfile.exists(run_cfg.model_dir)
+    try:
+        return _run(run_cfg, trainer_cfg, data_spec, data)
+    except BaseException:
+        # A run that fails before writing anything (bad data, a refused flag) leaves no empty model directory.
+        if fresh and tf.io.gfile.isdir(run_cfg.model_dir) and not tf.io.gfile.listdir(run_cfg.model_dir):
+            tf.io.gfile.rmtree(run_cfg.model_dir)
+        raise
+
+
+def _run(run_cfg, trainer_cfg, data_spec, data):
+    """`run`'s work; `run` removes the model directory it created when this fails before writing into it."""
     check_writable(run_cfg.model_dir)
     if run_cfg.export_dir:  # an unwritable export directory fails now, not after the training
         # Its parent, not the directory: the SavedModel is written beside it and renamed into place at the end,

@@ -227,6 +227,14 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_over_with_other_settin
         train.run(first, TrainerConfig(method="supervised"), data=other_data)
 
 
+def test_a_run_refused_before_writing_leaves_no_model_dir_and_an_existing_one_stays(tmp_path):
+    spec = datasets.DataSpec(dataset="folder", train_dir=str(tmp_path / "no_such_folder"))
+    for model_dir in (tmp_path / "new" / "run", tmp_path):
+        with pytest.raises(ValueError, match="does not exist"):
+            train.run(dataclasses.replace(TINY, model_dir=str(model_dir)), TrainerConfig(), data_spec=spec)
+    assert not (tmp_path / "new" / "run").exists() and tmp_path.exists()
+
+
 def test_the_write_probe_is_unique_to_the_process(tmp_path, monkeypatch):
     # Workers sharing a model_dir each write and remove a probe file: one name for all let one remove another's.
     opened = []
