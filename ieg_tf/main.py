@@ -286,6 +286,35 @@ def note_unused_probe_images(data_spec):
           f"set ({given}); --probe_per_class=all uses every one", file=sys.stderr, flush=True)
 
 
+# Flags that only some values of --method or --lr_schedule read: (flag, the owner flag, the values that read it).
+# A value given with another one is ignored with a note rather than refused: one flagfile serves every method
+# (`--flagfile=flags/cifar10_uniform80_p1.cfg --method=supervised` is the baseline of the same experiment).
+_IGNORED_UNLESS = (
+    *((name, "method", ("ieg",)) for name in (
+        "ce_factor", "ce_rampup_steps", "consistency_factor", "sharpen_temperature", "guess_views", "mixup_beta",
+        "meta_stop_guess_gradient", "grad_eps_init", "meta_momentum")),  # l2r: no guess, no lambda, no momentum
+    *((name, "method", ("ieg", "l2r")) for name in (
+        "meta_every", "meta_grad_mode", "meta_stepsize", "probe_weight_decay", "probe_affine")),
+    ("decay_steps", "lr_schedule", ("cosine", "cosine_warmup", "exponential")),
+    ("cos_t_mul", "lr_schedule", ("cosine", "cosine_warmup")),
+    ("cos_m_mul", "lr_schedule", ("cosine", "cosine_warmup")),
+    ("warmup_epochs", "lr_schedule", ("cosine_warmup",)),
+    ("decay_rate", "lr_schedule", ("custom_step",)),  # exponential multiplies by 0.9, as the reference
+)
+
+
+def note_ignored_flags():
+    """Says on stderr, in one line per owner flag, which given flags the chosen --method or --lr_schedule does not
+    read: they were taking no effect without a word."""
+    ignored = {}
+    for name, owner, used_with in _IGNORED_UNLESS:
+        if FLAGS[name].present and FLAGS[owner].value not in used_with:
+            ignored.setdefault(owner, []).append(name)
+    for owner, names in ignored.items():
+        print(f"ieg_tf: note: --{owner}={FLAGS[owner].value} does not read --{', --'.join(names)}; "
+              f"{'they are' if len(names) > 1 else 'it is'} ignored", file=sys.stderr, flush=True)
+
+
 def configs_from_flags():
     """(DataSpec, TrainerConfig, RunConfig) from FLAGS; raises ValueError for inconsistent values."""
     f = FLAGS
@@ -344,6 +373,7 @@ def main(argv):
             tf.config.set_logical_device_configuration(cpu, devices)
         data_spec, trainer_cfg, run_cfg = configs_from_flags()
         note_unused_probe_images(data_spec)
+        note_ignored_flags()
         train.run(run_cfg, trainer_cfg, data_spec=data_spec)
     except (ValueError, train.NonFiniteLossError) as error:
         # Bad input is reported in one line naming the problem and the fix, without a TensorFlow stack trace.

@@ -579,6 +579,11 @@ class IEGTrainer(keras.Model):
                                  "resample the training data to change class frequencies")
         self.check_ema_matches_network()
         data = args[0] if args else kwargs.get("x")
+        if isinstance(data, tf.distribute.DistributedDataset):
+            raise ValueError("IEGTrainer.fit takes the global-batch tf.data.Dataset of "
+                             "ieg_tf.pipeline.train_dataset(data, batch_size=GLOBAL) and distributes it itself; "
+                             "pipeline.distributed_train_dataset is for ieg_tf.distribute.custom_fit (the "
+                             "multi-worker loop)")
         check_replica_batch(data, self.distribute_strategy.num_replicas_in_sync)
         spec = getattr(data, "element_spec", None)
         if isinstance(spec, dict):
@@ -674,6 +679,19 @@ class IEGTrainer(keras.Model):
         self._warn_look_ahead_without_momentum()
         if self.jit_compile:
             self._check_xla_second_order()
+            self._check_xla_replicas()
+
+    def _check_xla_replicas(self):
+        """Raises ValueError for an XLA-compiled step on several CPU replicas: XLA compiles the step for one device
+        and cannot read the other replicas' variables (a Graph execution error at the first step, "Trying to
+        access resource ... located in device CPU:1 from device CPU:0"). GPUs and TPUs compile per device."""
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        accelerators = tf.config.list_logical_devices("GPU") + tf.config.list_logical_devices("TPU")
+        if replicas > 1 and not accelerators:
+            raise ValueError(f"jit_compile=True (--jit_compile=true) cannot run {replicas} replicas on CPU devices: "
+                             "XLA compiles the step for one device and cannot reach the other replicas' variables; "
+                             "compile with jit_compile=False (--jit_compile=false, the default with several "
+                             "replicas), or use one device")
 
     def _warn_look_ahead_without_momentum(self):
         """Warns when meta_momentum > 0 cannot be honoured: the look-ahead θ′ = θ − η(μa + ∇) reads the
@@ -947,9 +965,9 @@ def check_replica_batch(data, num_replicas):
                              "generator, or build it with ieg_tf.pipeline.train_dataset")
         if batch % num_replicas:
             raise ValueError(f"the {what} of {batch} examples does not split evenly over {num_replicas} replicas "
-                             f"(each replica's mean would weigh its examples differently); use a batch size "
-                             f"divisible by {num_replicas}, e.g. {batch - batch % num_replicas or num_replicas}, or "
-                             "the per-replica batch of ieg_tf.pipeline.train_dataset")
+                             f"(each replica's mean would weigh its examples differently); use a {what} size "
+                             f"divisible by {num_replicas}, e.g. {batch - batch % num_replicas or num_replicas} "
+                             f"(the batch sizes given to ieg_tf.pipeline.train_dataset are global ones)")
 
 
 def _global_results(metrics):

@@ -168,6 +168,12 @@ def check_run_config(settings, model_dir, write, replace=False):
     if saved.get("global_batch") != settings["global_batch"]:
         changed.append(f"global batch (batch_size x replicas) {saved.get('global_batch')} there, "
                        f"{settings['global_batch']} here")
+    saved_batch = saved.get("run", {}).get("batch_size")
+    replicas = settings["global_batch"] // settings["run"]["batch_size"]
+    if saved_batch and saved.get("global_batch") and saved["global_batch"] // saved_batch != replicas:
+        # Each replica's batch sets its BN statistics and omega* normalisation: the replica count is part of the run.
+        changed.append(f"{saved['global_batch'] // saved_batch} replica(s) there, {replicas} here (--strategy may "
+                       "change only to one with as many replicas)")
     if changed:
         raise ValueError(f"{model_dir} holds a run trained with other settings ({'; '.join(changed)}); run the "
                          "same command to resume it (only --" + ", --".join(RESUMABLE_CHANGES[1:]) +

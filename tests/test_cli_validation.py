@@ -260,3 +260,26 @@ def test_a_given_probe_set_larger_than_used_is_noted(monkeypatch, capsys, tmp_pa
     _, _, err = _main_exit(monkeypatch, capsys, f"--model_dir={tmp_path / 'run'}", *args, "--noise_type=none",
                            "--method=supervised", run=stop)
     assert "ieg_tf: note:" not in err, err  # supervised trains without the probe
+
+
+def _stop_at_run(*args, **kwargs):
+    raise ValueError("stopped where training would start")
+
+
+@pytest.mark.parametrize("args, notes", [
+    (["--method=supervised", "--meta_every=3", "--ce_factor=9", "--probe_affine=15,0.3,0.15"],
+     ["--method=supervised does not read --ce_factor, --meta_every, --probe_affine; they are ignored"]),
+    (["--method=l2r", "--guess_views=weak", "--meta_every=3"],
+     ["--method=l2r does not read --guess_views; it is ignored"]),
+    (["--lr_schedule=constant", "--decay_rate=0.5", "--cos_t_mul=3"],
+     ["--lr_schedule=constant does not read --cos_t_mul, --decay_rate; they are ignored"]),
+    (["--lr_schedule=cosine", "--warmup_epochs=2", "--method=supervised", "--grad_eps_init=0.5"],
+     ["--method=supervised does not read --grad_eps_init; it is ignored",
+      "--lr_schedule=cosine does not read --warmup_epochs; it is ignored"]),
+    (["--method=ieg", "--meta_every=3", "--ce_factor=9", "--lr_schedule=cosine_warmup", "--warmup_epochs=2"], []),
+    (["--method=supervised"], []),  # defaults are not "given"
+])
+def test_flags_the_method_or_schedule_does_not_read_are_noted(monkeypatch, capsys, tmp_path, args, notes):
+    code, _, err = _main_exit(monkeypatch, capsys, f"--model_dir={tmp_path}", *args, run=_stop_at_run)
+    assert code == 2 and "stopped where training would start" in err, err
+    assert [line[len("ieg_tf: note: "):] for line in err.splitlines() if line.startswith("ieg_tf: note:")] == notes

@@ -39,6 +39,15 @@ def test_run_settings_keep_what_shapes_the_weights_and_leave_out_the_budget():
     json.dumps(settings)  # what run_config.json holds
 
 
+def test_a_resume_on_another_number_of_replicas_says_that_the_replica_count_is_kept(tmp_path):
+    two = dataclasses.replace(TINY, batch_size=8)
+    train.check_run_config(train.run_settings(two, TrainerConfig(), 2), str(tmp_path), write=True)
+    train.check_run_config(train.run_settings(two, TrainerConfig(), 2), str(tmp_path), write=True)  # mirrored again
+    with pytest.raises(ValueError, match=r"batch_size 8 there, 16 here; 2 replica\(s\) there, 1 here \(--strategy "
+                                         r"may change only to one with as many replicas\)"):
+        train.check_run_config(train.run_settings(TINY, TrainerConfig(), 1), str(tmp_path), write=True)
+
+
 @pytest.mark.parametrize("change, named", [
     (dict(run=dict(learning_rate=0.5)), "learning_rate 0.1 there, 0.5 here"),
     (dict(run=dict(seed=7)), "seed 12345 there, 7 here"),
