@@ -283,3 +283,12 @@ def test_flags_the_method_or_schedule_does_not_read_are_noted(monkeypatch, capsy
     code, _, err = _main_exit(monkeypatch, capsys, f"--model_dir={tmp_path}", *args, run=_stop_at_run)
     assert code == 2 and "stopped where training would start" in err, err
     assert [line[len("ieg_tf: note: "):] for line in err.splitlines() if line.startswith("ieg_tf: note:")] == notes
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_a_16_bit_policy_on_a_cpu_is_noted_as_slower(monkeypatch, capsys, tmp_path, policy):
+    code, _, err = _main_exit(monkeypatch, capsys, f"--model_dir={tmp_path}", f"--mixed_precision={policy}",
+                              run=_stop_at_run)
+    assert code == 2 and f"ieg_tf: note: --mixed_precision={policy} on a machine without a GPU runs slower" in err
+    code, _, err = _main_exit(monkeypatch, capsys, f"--model_dir={tmp_path}", run=_stop_at_run)
+    assert "note:" not in err
