@@ -195,12 +195,7 @@ def save_split(data, directory):
         with open(os.path.join(directory, _PATHS_FILE), "w", encoding="utf-8") as f:
             json.dump(paths.tolist(), f, indent=0, ensure_ascii=False)
         files.append(_PATHS_FILE)
-    summary = {
-        "dataset": data.name, "num_classes": data.num_classes, "class_names": data.class_names,
-        "image_shape": list(data.image_shape), "num_train": len(data.train_labels),
-        "num_probe": len(data.probe_labels), "num_test": len(data.test_labels), "noise_type": data.noise_type,
-        "noise_ratio": data.noise_ratio, "noise_rate_realized": data.noise_rate_realized,
-        "files": sorted(files), "fingerprints": _fingerprints(data)}
+    summary = {**_summary(data), "files": sorted(files), "fingerprints": _fingerprints(data)}
     with open(os.path.join(directory, "split.json"), "w") as f:
         json.dump(summary, f, indent=2)
 
@@ -251,14 +246,24 @@ def check_split(data, directory):
                 "with, or use a new run directory")
 
 
+def _summary(data):
+    """split.json's description of the data (`save_split` adds the files and fingerprints)."""
+    return {"dataset": data.name, "num_classes": data.num_classes, "class_names": data.class_names,
+            "image_shape": list(data.image_shape), "num_train": len(data.train_labels),
+            "num_probe": len(data.probe_labels), "num_test": len(data.test_labels), "noise_type": data.noise_type,
+            "noise_ratio": data.noise_ratio, "noise_rate_realized": data.noise_rate_realized}
+
+
+# The entries of split.json that a changed split's message compares: the settings a user can fix.
+_SETTINGS_SHOWN = ("dataset", "num_classes", "noise_type", "noise_ratio", "num_train", "num_probe", "num_test")
+
+
 def _split_settings_changed(saved, data):
     """What split.json says the saved run's data were, against `data`, for the message of a changed split: the
     flags to fix, where they show (the seeds and the probe images drawn are not in split.json)."""
-    now = {"dataset": data.name, "num_classes": data.num_classes, "noise_type": data.noise_type,
-           "noise_ratio": data.noise_ratio, "num_train": len(data.train_labels), "num_probe": len(data.probe_labels),
-           "num_test": len(data.test_labels)}
-    changed = [f"{name} {saved[name]!r} there, {value!r} here" for name, value in now.items()
-               if name in saved and saved[name] != value]
+    now = _summary(data)
+    changed = [f"{name} {saved[name]!r} there, {now[name]!r} here" for name in _SETTINGS_SHOWN
+               if name in saved and saved[name] != now[name]]
     return f": {'; '.join(changed)}" if changed else (": the same noise and sizes: another --seed or --data_seed, "
                                                     "or other labels in the data")
 

@@ -97,20 +97,22 @@ def export_serving(trainer, export_dir, *, image_shape, input_dtype=tf.uint8, cl
             outputs["class_names"] = tf.gather(tf.constant(names), classes)
         return outputs
 
+    def no_logits():
+        return tf.zeros([0, trainer.num_classes])
+
     def predict(scaled):
         def network_logits():
             logits, _ = network.stateless_call(module.ema, module.state, scaled, training=False)
             return tf.cast(logits, tf.float32)
 
         # An empty request gets empty outputs; some networks' ops (oneDNN's among them) fail on a batch of 0.
-        logits = tf.cond(tf.shape(scaled)[0] > 0, network_logits, lambda: tf.zeros([0, trainer.num_classes]))
-        return outputs_of(logits)
+        return outputs_of(tf.cond(tf.shape(scaled)[0] > 0, network_logits, no_logits))
 
     def refuse(fits, message):
         """The empty outputs, after an assert that fails unless `fits`; for the false branch of a `tf.cond`."""
         def branch():
             with tf.control_dependencies([tf.debugging.Assert(fits, [message])]):
-                return outputs_of(tf.zeros([0, trainer.num_classes]))
+                return outputs_of(no_logits())
         return branch
 
     @tf.function(input_signature=[tf.TensorSpec([None, *shape], dtype, name="images")])

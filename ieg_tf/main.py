@@ -256,16 +256,21 @@ def _array_file_keys():
         return set(sources.NPZ_OPTIONAL)
 
 
+def _note(text):
+    """Prints one `ieg_tf: note:` line on stderr, where the notes of a run's start go (stdout is its output)."""
+    print(f"ieg_tf: note: {text}", file=sys.stderr, flush=True)
+
+
 def note_injected_noise():
     """Says on stderr that label noise is injected into the user's own data when neither --noise_type nor
     --noise_ratio is given: their default (80% uniform, the paper's benchmark setting) suits the clean benchmarks,
     while a user training on their own labels would have 80% of them replaced without having asked for it."""
     if FLAGS.dataset not in USER_DATASETS or FLAGS["noise_type"].present or FLAGS["noise_ratio"].present:
         return
-    print(f"ieg_tf: note: {FLAGS.noise_ratio:.0%} {FLAGS.noise_type} label noise is injected into the labels of "
+    _note(f"{FLAGS.noise_ratio:.0%} {FLAGS.noise_type} label noise is injected into the labels of "
           f"--dataset={FLAGS.dataset}, which are taken as clean (the default --noise_type={FLAGS.noise_type} "
           f"--noise_ratio={FLAGS.noise_ratio:g}, the paper's benchmark setting); pass --noise_type=none to train on "
-          "your labels as given", file=sys.stderr, flush=True)
+          "your labels as given")
 
 
 def note_unused_probe_images(data_spec):
@@ -282,8 +287,8 @@ def note_unused_probe_images(data_spec):
              f"--probe_list={data_spec.probe_list}" if data_spec.probe_list else
              f"probe_images of --array_file={data_spec.array_file}")
     used = sum(min(int(n), per_class) for n in counts)
-    print(f"ieg_tf: note: --probe_per_class={per_class} uses {used} of the {counts.sum()} images of the given probe "
-          f"set ({given}); --probe_per_class=all uses every one", file=sys.stderr, flush=True)
+    _note(f"--probe_per_class={per_class} uses {used} of the {counts.sum()} images of the given probe "
+          f"set ({given}); --probe_per_class=all uses every one")
 
 
 # Flags that only some values of --method or --lr_schedule read: (flag, the owner flag, the values that read it).
@@ -311,8 +316,8 @@ def note_ignored_flags():
         if FLAGS[name].present and FLAGS[owner].value not in used_with:
             ignored.setdefault(owner, []).append(name)
     for owner, names in ignored.items():
-        print(f"ieg_tf: note: --{owner}={FLAGS[owner].value} does not read --{', --'.join(names)}; "
-              f"{'they are' if len(names) > 1 else 'it is'} ignored", file=sys.stderr, flush=True)
+        _note(f"--{owner}={FLAGS[owner].value} does not read --{', --'.join(names)}; "
+              f"{'they are' if len(names) > 1 else 'it is'} ignored")
 
 
 def note_mixed_precision_on_cpu():
@@ -323,9 +328,8 @@ def note_mixed_precision_on_cpu():
         return
     import tensorflow as tf
     if not tf.config.list_physical_devices("GPU"):
-        print(f"ieg_tf: note: --mixed_precision={FLAGS.mixed_precision} on a machine without a GPU runs slower than "
-              "float32 (the CPU converts each 16-bit operation); it is meant for GPUs and TPUs", file=sys.stderr,
-              flush=True)
+        _note(f"--mixed_precision={FLAGS.mixed_precision} on a machine without a GPU runs slower than "
+              "float32 (the CPU converts each 16-bit operation); it is meant for GPUs and TPUs")
 
 
 def configs_from_flags():
